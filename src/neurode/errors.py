@@ -1,0 +1,64 @@
+"""Typed errors.
+
+Bad arguments raise subclasses of :class:`ValueError` before any work is done;
+failures during a solve raise subclasses of :class:`SolverError`, whose message
+names the time reached and suggests a fix.
+"""
+
+from __future__ import annotations
+
+
+class NeurodeInputError(ValueError):
+    """Base class for bad arguments given to neurode."""
+
+
+class InvalidTimesError(NeurodeInputError):
+    """`t` is not a 1-D, finite, strictly monotonic tensor."""
+
+
+class NonFiniteInputError(NeurodeInputError):
+    """`y0` (or another input) holds NaN or infinity."""
+
+
+class ShapeMismatchError(NeurodeInputError):
+    """`func` returned a tensor whose shape differs from the state's."""
+
+
+class DtypeMismatchError(NeurodeInputError):
+    """`func` returned a dtype that cannot represent the state without loss."""
+
+
+class UnknownMethodError(NeurodeInputError):
+    """The solver or gradient method name is not known."""
+
+
+class UnknownOptionError(NeurodeInputError):
+    """An option name is not accepted by the chosen method."""
+
+
+class InvalidToleranceError(NeurodeInputError):
+    """A tolerance is negative or non-finite."""
+
+
+class StructureMismatchError(NeurodeInputError):
+    """A tuple state and `func`'s output have different structure."""
+
+
+class SolverError(RuntimeError):
+    """A solve failed while running. ``t`` is the time reached."""
+
+    def __init__(self, message: str, t: float | None = None):
+        super().__init__(message)
+        self.t = t
+
+
+class StepSizeTooSmallError(SolverError):
+    """The step-size controller asked for a step below ``min_step`` or below rounding."""
+
+
+class MaxStepsExceededError(SolverError):
+    """The solve needed more than ``max_num_steps`` steps."""
+
+
+class NonFiniteStateError(SolverError):
+    """The state or `func`'s output became NaN or infinite."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from ..tableau import ButcherTableau
 from .dopri5 import DOPRI5
+from .dopri8 import DOPRI8
 from .fixed import EULER, HEUN2, HEUN3, MIDPOINT, RK4_38, RK4_CLASSIC
 from .low_order_adaptive import ADAPTIVE_HEUN, BOSH3, FEHLBERG2
+from .tsit5 import TSIT5
 
 TABLEAUS: dict[str, ButcherTableau] = {
     t.name: t
@@ -20,6 +22,8 @@ TABLEAUS: dict[str, ButcherTableau] = {
         FEHLBERG2,
         BOSH3,
         DOPRI5,
+        TSIT5,
+        DOPRI8,
     )
 }
 

@@ -23,5 +23,5 @@ DOPRI5 = ButcherTableau(
         _B[:6],
     ),
     b=_B,
-    b_error=tuple(b - bh for b, bh in zip(_B, _B_HAT)),
+    b_error=tuple(b - bh for b, bh in zip(_B, _B_HAT, strict=True)),
 )

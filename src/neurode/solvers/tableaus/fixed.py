@@ -6,9 +6,7 @@ from ..tableau import ButcherTableau
 
 EULER = ButcherTableau(name="euler", order=1, c=(0.0,), a=((),), b=(1.0,))
 
-MIDPOINT = ButcherTableau(
-    name="midpoint", order=2, c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0)
-)
+MIDPOINT = ButcherTableau(name="midpoint", order=2, c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0))
 
 HEUN2 = ButcherTableau(name="heun2", order=2, c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5))
 

@@ -1,0 +1,398 @@
+"""Public entry points: ``odeint``, ``odeint_adjoint``, ``odeint_event`` and ``solve``.
+
+All arguments are checked here, before any evaluation of ``func``; the layers
+above use nothing but these functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from . import gradients
+from .errors import (
+    InvalidTimesError,
+    InvalidToleranceError,
+    NonFiniteInputError,
+    StructureMismatchError,
+    UnknownMethodError,
+    UnknownOptionError,
+)
+from .integrate import Callbacks
+from .methods import build_method, method_names
+from .problem import ODEProblem
+from .solution import Solution
+from .state import TupleLayout
+
+Tensors = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+# --------------------------------------------------------------------------- checks
+def _check_state(y0: Any) -> tuple[torch.Tensor, TupleLayout | None]:
+    if isinstance(y0, torch.Tensor):
+        members, layout = (y0,), None
+    elif isinstance(y0, (tuple, list)) and y0 and all(isinstance(y, torch.Tensor) for y in y0):
+        members, layout = tuple(y0), TupleLayout.of(tuple(y0))
+    else:
+        raise StructureMismatchError(
+            f"y0 must be a tensor or a non-empty tuple of tensors, got {type(y0).__name__}"
+        )
+    for i, y in enumerate(members):
+        name = "y0" if layout is None else f"y0[{i}]"
+        if not (y.is_floating_point() or y.is_complex()):
+            raise NonFiniteInputError(f"{name} must be floating point, got {y.dtype}")
+        if not bool(torch.isfinite(y).all()):
+            raise NonFiniteInputError(f"{name} contains NaN or infinity")
+    if layout is not None:
+        dtypes = {y.dtype for y in members}
+        devices = {y.device for y in members}
+        if len(devices) > 1:
+            raise StructureMismatchError(f"all members of y0 must be on one device, got {devices}")
+        dtype = dtypes.pop() if len(dtypes) == 1 else _promote(dtypes)
+        state = layout.flatten([y.to(dtype) for y in members])
+        return state, layout
+    return y0, None
+
+
+def _promote(dtypes) -> torch.dtype:
+    result = None
+    for d in dtypes:
+        result = d if result is None else torch.promote_types(result, d)
+    return result
+
+
+def _check_times(t: Any, device: torch.device) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        try:
+            t = torch.as_tensor(t, dtype=torch.float64)
+        except (TypeError, ValueError) as error:
+            raise InvalidTimesError(f"t must be a 1-D tensor of times: {error}") from None
+    if t.ndim != 1 or t.numel() < 1:
+        raise InvalidTimesError(
+            f"t must be a 1-D tensor with at least one time, got shape {tuple(t.shape)}"
+        )
+    if not t.is_floating_point():
+        t = t.to(torch.get_default_dtype())
+    if not bool(torch.isfinite(t).all()):
+        raise InvalidTimesError("t contains NaN or infinity")
+    if t.numel() > 1:
+        diffs = t[1:] - t[:-1]
+        if not (bool((diffs > 0).all()) or bool((diffs < 0).all())):
+            index = int(torch.nonzero((diffs <= 0) if diffs[0] > 0 else (diffs >= 0))[0])
+            raise InvalidTimesError(
+                "t must be strictly increasing or strictly decreasing; "
+                f"t[{index}]={float(t[index])} and t[{index + 1}]={float(t[index + 1])} "
+                "break the order (duplicates are not allowed)"
+            )
+    return t.to(device)
+
+
+def _check_tolerance(name: str, value: Any, layout: TupleLayout | None, like: torch.Tensor):
+    """A float, a tensor broadcastable to the state, or one value per tuple member."""
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value < 0:
+            raise InvalidToleranceError(f"{name} must be a finite non-negative number, got {value}")
+        return float(value)
+    if isinstance(value, (tuple, list)) and layout is not None:
+        if len(value) != len(layout.shapes):
+            raise InvalidToleranceError(
+                f"{name} has {len(value)} entries but y0 has {len(layout.shapes)} members"
+            )
+        value = torch.cat(
+            [
+                torch.full((n,), float(v), dtype=like.dtype, device=like.device)
+                for v, n in zip(value, layout.numels)
+            ]
+        )
+    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
+        raise InvalidToleranceError(f"{name} must be finite and non-negative")
+    if value.numel() == 1:
+        return float(value)
+    try:
+        torch.broadcast_shapes(value.shape, like.shape)
+    except RuntimeError:
+        raise InvalidToleranceError(
+            f"{name} of shape {tuple(value.shape)} does not broadcast to the state {tuple(like.shape)}"
+        ) from None
+    return value
+
+
+def _wrap_norm(norm: Any, layout: TupleLayout | None):
+    if norm is None:
+        if layout is None:
+            return None
+
+        # torchdiffeq's default for tuples: the largest RMS norm over the members.
+        def tuple_rms(flat: torch.Tensor) -> torch.Tensor:
+            return torch.stack(
+                [
+                    torch.linalg.vector_norm(m) / math.sqrt(max(m.numel(), 1))
+                    for m in layout.unflatten(flat)
+                ]
+            ).max()
+
+        return tuple_rms
+    if isinstance(norm, str):
+        raise UnknownOptionError(
+            f"norm={norm!r} is only meaningful in adjoint_options; pass a callable here"
+        )
+    if not callable(norm):
+        raise UnknownOptionError("the norm option must be a callable returning a scalar tensor")
+    if layout is None:
+        return norm
+    return lambda flat: norm(layout.unflatten(flat))
+
+
+def _callbacks(func: Any, suffix: str = "") -> Callbacks:
+    return Callbacks(
+        step=getattr(func, f"callback_step{suffix}", None),
+        accept_step=getattr(func, f"callback_accept_step{suffix}", None),
+        reject_step=getattr(func, f"callback_reject_step{suffix}", None),
+    )
+
+
+class _Prepared:
+    """Everything a solve needs, checked."""
+
+    def __init__(self, func, y0, t, rtol, atol, method, options):
+        if not callable(func):
+            raise StructureMismatchError("func must be callable as func(t, y)")
+        state, layout = _check_state(y0)
+        t = _check_times(t, state.device)
+        self.t = t
+        self.layout = layout
+        self.state = state
+        self.reversed = t.numel() > 1 and bool(t[1] < t[0])
+        sign = -1.0 if self.reversed else 1.0
+        self.t_solver = [sign * x for x in t.detach().tolist()]
+        options = dict(options or {})
+        rtol = _check_tolerance("rtol", rtol, layout, state)
+        atol = _check_tolerance("atol", atol, layout, state)
+        if "norm" in options:
+            options["norm"] = _wrap_norm(options["norm"], layout)
+        elif layout is not None:
+            options["norm"] = _wrap_norm(None, layout)
+        time_dtype = torch.promote_types(t.dtype, state.dtype)
+        if "dtype" in options and options["dtype"] is not None:
+            time_dtype = torch.promote_types(options["dtype"], state.dtype)
+        self.problem = ODEProblem(
+            func=func,
+            layout=layout,
+            state_shape=state.shape,
+            state_dtype=state.dtype,
+            time_dtype=time_dtype,
+            device=state.device,
+            reversed=self.reversed,
+            method=None,  # set below: grid constructors may call func
+            callbacks=_callbacks(func),
+        )
+        t_solver_tensor = torch.tensor(self.t_solver, dtype=t.dtype, device=t.device)
+        self.problem.method = build_method(
+            method,
+            options,
+            rtol,
+            atol,
+            self.t_solver,
+            state,
+            grid_constructor_args=lambda: (self.problem.vector_field, state, t_solver_tensor),
+            reversed_time=self.reversed,
+        )
+
+    def unflatten(self, ys: torch.Tensor) -> Tensors:
+        return ys if self.layout is None else self.layout.unflatten(ys)
+
+
+# ------------------------------------------------------------------------ public API
+def solve(
+    func: Callable,
+    y0: Tensors,
+    t: torch.Tensor | Sequence[float],
+    *,
+    method: str | None = "dopri5",
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
+    gradient: str = "direct",
+    options: dict[str, Any] | None = None,
+    gradient_options: dict[str, Any] | None = None,
+    params: Sequence[torch.Tensor] | None = None,
+    dense: bool = False,
+) -> Solution:
+    """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and save at every ``t``.
+
+    Args:
+        func: the vector field, called as ``func(t, y)`` with ``t`` a 0-dim tensor.
+        y0: initial state, a tensor of any shape or a tuple of tensors.
+        t: strictly increasing or decreasing save times; ``t[0]`` is the start.
+        method: a solver name (``neurode.methods.method_names()``); default ``dopri5``.
+        rtol, atol: tolerances of adaptive methods (floats, tensors broadcastable to
+            the state, or one per tuple member).
+        gradient: how gradients are computed: ``"direct"``, ``"backsolve"``,
+            ``"checkpoint"``, ``"reversible"`` or ``"forward"``.
+        options: solver options (as torchdiffeq's ``options``).
+        gradient_options: options of the gradient method.
+        params: tensors whose gradients are needed, for gradient methods that solve
+            for them (default: ``func.parameters()`` if ``func`` is a module).
+        dense: keep the dense output so that ``Solution.evaluate`` works.
+
+    Returns:
+        a :class:`~neurode.solution.Solution`.
+    """
+    available = gradients.names()
+    if gradient not in available:
+        raise UnknownMethodError(
+            f"unknown gradient method {gradient!r}; choose one of: {', '.join(available)}"
+        )
+    prepared = _Prepared(func, y0, t, rtol, atol, method, options)
+    if params is None:
+        params = tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ()
+    result = gradients.get(gradient)(
+        prepared.problem,
+        prepared.state,
+        prepared.t,
+        prepared.t_solver,
+        params=tuple(params),
+        options=dict(gradient_options or {}),
+        record_segments=dense,
+    )
+    stats = result.stats
+    stats.setdefault("nfe", prepared.problem.nfe)
+    solution = Solution(
+        ys=prepared.unflatten(result.ys),
+        ts=prepared.t,
+        stats=stats,
+        _segments=result.segments,
+        _layout=prepared.layout,
+        _reversed=prepared.reversed,
+    )
+    return solution
+
+
+def odeint(
+    func: Callable,
+    y0: Tensors,
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Callable | None = None,
+) -> Any:
+    """Drop-in for ``torchdiffeq.odeint``: the states at ``t``, shaped ``(len(t), *y0.shape)``.
+
+    With ``event_fn`` it returns ``(event_t, solution)`` where ``solution`` holds the
+    states at ``t[0]`` and at the event, as torchdiffeq does.
+    """
+    if event_fn is not None:
+        return _odeint_until_event(func, y0, t, rtol, atol, method, options, event_fn)
+    return solve(func, y0, t, method=method, rtol=rtol, atol=atol, options=options).ys
+
+
+def _odeint_until_event(func, y0, t, rtol, atol, method, options, event_fn):
+    prepared = _Prepared(func, y0, t, rtol, atol, method, options)
+    problem = prepared.problem
+    if problem.method.kind != "adaptive":
+        raise UnknownMethodError(
+            f"events need an adaptive method (e.g. dopri5), not {problem.method.name!r}"
+        )
+    layout = prepared.layout
+
+    def solver_event_fn(s: float, y: torch.Tensor) -> torch.Tensor:
+        state = y if layout is None else layout.unflatten(y)
+        return event_fn(problem.time_tensor(s), state)
+
+    trajectory = problem.integrate(prepared.state, prepared.t_solver[:1], event_fn=solver_event_fn)
+    event_t = problem.time_tensor(trajectory.event_time).to(prepared.t.dtype)
+    ys = torch.stack([prepared.state, trajectory.event_state])
+    return event_t, prepared.unflatten(ys)
+
+
+def odeint_adjoint(
+    func: Callable,
+    y0: Tensors,
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Callable | None = None,
+    adjoint_rtol: float | torch.Tensor | None = None,
+    adjoint_atol: float | torch.Tensor | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: dict[str, Any] | None = None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+) -> Any:
+    """Drop-in for ``torchdiffeq.odeint_adjoint``: gradients by the backsolve adjoint."""
+    if adjoint_params is None and not isinstance(func, torch.nn.Module):
+        raise StructureMismatchError(
+            "func must be an nn.Module when adjoint_params is not given, so that its "
+            "parameters can be found; or pass adjoint_params=(...)"
+        )
+    if event_fn is not None:
+        return odeint_event(
+            func,
+            y0,
+            t[0] if isinstance(t, torch.Tensor) else t,
+            event_fn=event_fn,
+            odeint_interface=odeint,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            options=options,
+        )
+    gradient_options = {
+        "adjoint_rtol": rtol if adjoint_rtol is None else adjoint_rtol,
+        "adjoint_atol": atol if adjoint_atol is None else adjoint_atol,
+        "adjoint_method": method if adjoint_method is None else adjoint_method,
+        "adjoint_options": adjoint_options,
+    }
+    return solve(
+        func,
+        y0,
+        t,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        options=options,
+        gradient="backsolve",
+        gradient_options=gradient_options,
+        params=adjoint_params,
+    ).ys
+
+
+def odeint_event(
+    func: Callable,
+    y0: Tensors,
+    t0: torch.Tensor,
+    *,
+    event_fn: Callable,
+    reverse_time: bool = False,
+    odeint_interface: Callable = odeint,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
+    """Solve until ``event_fn(t, y)`` changes sign; the event time is differentiable.
+
+    Returns ``(event_t, solution)``, ``solution`` holding the states at ``t0`` and at
+    the event. The gradient of ``event_t`` follows from the implicit function
+    theorem: with ``g(t_e, y(t_e)) = 0``,
+    ``dt_e = -(∂g/∂y · dy) / (∂g/∂t + ∂g/∂y · f)``.
+    """
+    from .event_gradient import differentiable_event
+
+    return differentiable_event(
+        func,
+        y0,
+        t0,
+        event_fn=event_fn,
+        reverse_time=reverse_time,
+        odeint_interface=odeint_interface,
+        **kwargs,
+    )
+
+
+__all__ = ["method_names", "odeint", "odeint_adjoint", "odeint_event", "solve"]

@@ -71,9 +71,10 @@ def sample_sorted_uniform_times(
     """Independent observation times for each series, uniform on ``[t_start, t_end)``.
 
     Each row holds ``n_points`` i.i.d. ``Uniform[t_start, t_end)`` draws sorted
-    ascending: the order statistics of a uniform sample. Rows whose sorted times
-    tie (possible only after rounding to a narrow ``dtype``) are drawn again, so
-    every row is strictly increasing.
+    ascending: the order statistics of a uniform sample. Draws are made in
+    float64; rows that rounding to a narrow ``dtype`` makes tie, or pushes onto
+    ``t_end``, are drawn again, so every row is strictly increasing and inside
+    the window in ``dtype``.
 
     Returns:
         Tensor ``(n_series, n_points)`` of ``dtype``.
@@ -87,14 +88,15 @@ def sample_sorted_uniform_times(
     dtype = _check_float_dtype(dtype)
     generator = _generator(seed)
 
+    low, high = torch.tensor([t_start, t_end], dtype=dtype).tolist()
     times = torch.empty(n_series, n_points, dtype=dtype)
     pending = torch.arange(n_series)
     for _ in range(100):
         draws = torch.rand(len(pending), n_points, generator=generator, dtype=torch.float64)
         rows = (t_start + (t_end - t_start) * draws).sort(dim=1).values.to(dtype)
         times[pending] = rows
-        tied = (rows.diff(dim=1) <= 0).any(dim=1)
-        pending = pending[tied]
+        invalid = (rows.diff(dim=1) <= 0).any(dim=1) | (rows[:, 0] < low) | (rows[:, -1] >= high)
+        pending = pending[invalid]
         if len(pending) == 0:
             return times
     raise DatasetArgumentError(

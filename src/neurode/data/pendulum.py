@@ -299,7 +299,8 @@ def make_pendulum_dataset(
     params = PendulumParams() if params is None else params
     if not isinstance(params, PendulumParams):
         raise DatasetArgumentError(f"params must be a PendulumParams, got {params!r}")
-    t_split = train_fraction * t_end
+    # Rounded to dtype so that comparing times of that dtype with it is exact.
+    t_split = float(torch.tensor(train_fraction * t_end, dtype=dtype))
     generator = _generator(seed)
 
     uniform = lambda half_width: (

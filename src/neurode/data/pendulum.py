@@ -118,16 +118,18 @@ def simulate_pendulum(
         dtype: floating dtype of the result.
 
     Returns:
-        Tensor ``(len(t), batch, 2)`` of states ``[theta, omega]``, computed by
-        ``neurode.odeint`` with dopri5 at ``rtol=1e-10, atol=1e-12``, i.e. exact
+        Tensor ``(len(t), batch, 2)`` of states ``[theta, omega]`` on ``t``'s
+        device, computed by ``neurode.odeint`` with dopri5 at
+        ``rtol=1e-10, atol=1e-12`` in float64 whatever ``dtype`` is, i.e. exact
         to plotting and noise levels.
     """
     if not isinstance(params, PendulumParams):
         raise DatasetArgumentError(f"params must be a PendulumParams, got {params!r}")
     dtype = _check_float_dtype(dtype)
-    t = _check_time_row("t", torch.as_tensor(t, dtype=dtype))
-    theta0 = torch.as_tensor(theta0, dtype=dtype)
-    omega0 = torch.as_tensor(omega0, dtype=dtype)
+    device = t.device if isinstance(t, Tensor) else None
+    t = _check_time_row("t", torch.as_tensor(t, dtype=torch.float64, device=device))
+    theta0 = torch.as_tensor(theta0, dtype=torch.float64, device=t.device)
+    omega0 = torch.as_tensor(omega0, dtype=torch.float64, device=t.device)
     if theta0.dim() > 1 or omega0.dim() > 1:
         raise DatasetArgumentError(
             f"theta0 and omega0 must be scalars or 1-D, got shapes {tuple(theta0.shape)} "
@@ -144,7 +146,7 @@ def simulate_pendulum(
         raise DatasetArgumentError("theta0 and omega0 must be finite")
     y0 = torch.stack([theta0, omega0], dim=-1)
     if len(t) == 1:
-        return y0.unsqueeze(0).clone()
+        return y0.unsqueeze(0).to(dtype)
 
     mu, g_over_l = params.mu, params.g_over_l
 
@@ -152,9 +154,10 @@ def simulate_pendulum(
         theta, omega = y[..., 0], y[..., 1]
         return torch.stack([omega, -mu * omega - g_over_l * torch.sin(theta)], dim=-1)
 
-    return odeint(
+    states = odeint(
         vector_field, y0, t, method="dopri5", rtol=_SIMULATION_RTOL, atol=_SIMULATION_ATOL
     )
+    return states.to(dtype)
 
 
 @dataclass(frozen=True)

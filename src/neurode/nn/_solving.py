@@ -59,6 +59,12 @@ class _SolvingModule(nn.Module):
             raise NeurodeInputError(
                 f"dynamics must be callable as dynamics(t, h), got {type(dynamics).__name__}."
             )
+        if gradient != "direct" and not isinstance(dynamics, nn.Module):
+            raise NeurodeInputError(
+                f"gradient={gradient!r} solves for the gradients of the dynamics' parameters, "
+                "which it finds through nn.Module.parameters(); make the dynamics an "
+                "nn.Module (or use gradient='direct')."
+            )
         if not isinstance(method, str):
             raise NeurodeInputError(f"method must be a string, got {method!r}.")
         if not isinstance(gradient, str):

@@ -1,0 +1,726 @@
+"""``neurode mnist``: train or evaluate ResNet, RK-Net and ODE-Net on MNIST.
+
+Training follows Chen et al. (2018): SGD with momentum 0.9, batch 128, learning
+rate 0.1 divided by 10 after 60/160, 100/160 and 140/160 of the run (the
+paper's 160-epoch schedule scaled to ``--epochs``), or a one-cycle schedule.
+After every epoch the model is evaluated on the test set and the run state —
+model, optimiser, schedule, random states of every process, history — is
+written atomically to ``OUT/checkpoint.pt``, the weights alone to
+``OUT/weights.pt``, the history to ``OUT/metrics.json`` and a plot of accuracy
+and function evaluations per epoch to ``OUT/metrics.png``. ``--resume``
+continues from the checkpoint and reproduces the uninterrupted run.
+
+``--evaluate WEIGHTS`` loads a state dict (or a checkpoint) and reports the
+error on the 10,000 test images.
+
+Under ``torchrun --nproc_per_node N`` the same command trains with
+DistributedDataParallel (see :mod:`neurode.train.distributed`); ``--batch-size``
+is then per process.
+
+Examples::
+
+    neurode mnist --model odenet --epochs 160
+    neurode mnist --model rknet --subset 10000 --epochs 2 --schedule onecycle
+    neurode mnist --model odenet --evaluate runs/mnist-odenet/weights.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Subset
+
+from ..data.mnist import MNIST, mnist_loader
+from ..errors import NeurodeInputError
+from ..models.mnist import ODENet, ResNet, RKNet
+from ..train.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from ..train.distributed import (
+    DistributedContext,
+    all_reduce_sum,
+    barrier,
+    gather_objects,
+    init_distributed,
+    shard_indices,
+    shutdown_distributed,
+    train_sampler,
+    unwrap_model,
+    wrap_model,
+)
+from ..train.progress import ProgressBar
+
+__all__ = ["add_parser", "build_model", "evaluate", "run", "train"]
+
+MODELS = ("resnet", "odenet", "rknet")
+SCHEDULES = ("step", "onecycle")
+_PAPER_DECAY_FRACTIONS = (60 / 160, 100 / 160, 140 / 160)
+_MOMENTUM = 0.9
+
+
+class MNISTTrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "mnist",
+        help="train or evaluate ResNet / RK-Net / ODE-Net on MNIST",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=MODELS, default="odenet", help="architecture")
+    model.add_argument(
+        "--solver",
+        default=None,
+        help="ODE solver (odenet: default dopri5; rknet: a fixed-step method, default rk4)",
+    )
+    model.add_argument(
+        "--gradient",
+        default=None,
+        help="odenet gradient method: backsolve (adjoint, default), direct, checkpoint, ...",
+    )
+    model.add_argument(
+        "--rtol", type=float, default=None, help="odenet relative tolerance (default 1e-3)"
+    )
+    model.add_argument(
+        "--atol", type=float, default=None, help="odenet absolute tolerance (default 1e-3)"
+    )
+    model.add_argument("--steps", type=int, default=None, help="rknet steps (default 4)")
+    model.add_argument("--t1", type=float, default=1.0, help="ODE block end time (odenet, rknet)")
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--epochs", type=int, default=160, help="training epochs")
+    training.add_argument(
+        "--batch-size", type=int, default=128, help="images per iteration (per process)"
+    )
+    training.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
+    training.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="step",
+        help="step: x0.1 at 60/100/140 of 160 epochs, scaled to --epochs; onecycle: warm-up "
+        "then anneal",
+    )
+    training.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay")
+    training.add_argument(
+        "--augment", action="store_true", help="shift training images by up to 2 pixels"
+    )
+    training.add_argument(
+        "--amp",
+        action="store_true",
+        help="bfloat16 autocast for the down-sampling and the head (never the ODE block)",
+    )
+    training.add_argument("--seed", type=int, default=0, help="random seed")
+    training.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="EPOCH",
+        help="stop after this epoch (the schedule still spans --epochs); continue with --resume",
+    )
+
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the four MNIST IDX .gz files (default: $NEURODE_MNIST_DIR, "
+        "../shared/data/mnist, ~/.cache/neurode/mnist)",
+    )
+    data.add_argument(
+        "--no-download", action="store_true", help="never download missing MNIST files"
+    )
+    data.add_argument(
+        "--subset", type=int, default=None, help="train on the first N training images"
+    )
+    data.add_argument(
+        "--test-subset", type=int, default=None, help="evaluate on the first N test images"
+    )
+    data.add_argument(
+        "--eval-batch-size", type=int, default=1000, help="images per evaluation batch"
+    )
+    data.add_argument("--num-workers", type=int, default=0, help="data-loading processes")
+
+    run_group = parser.add_argument_group("run")
+    run_group.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: one per process)"
+    )
+    run_group.add_argument("--out", default=None, help="output folder (default runs/mnist-MODEL)")
+    run_group.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from CHECKPOINT (default OUT/checkpoint.pt)",
+    )
+    run_group.add_argument(
+        "--evaluate",
+        default=None,
+        metavar="WEIGHTS",
+        help="only report the test error of these weights (a state dict or a checkpoint)",
+    )
+    run_group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    _validate(args)
+    context = init_distributed(args.device)
+    try:
+        if args.evaluate is not None:
+            _run_evaluation(args, context)
+        else:
+            train(args, context)
+    finally:
+        shutdown_distributed(context)
+    return 0
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    return Path(args.out) if args.out is not None else Path("runs") / f"mnist-{args.model}"
+
+
+def _resume_path(args: argparse.Namespace) -> Path | None:
+    if args.resume is None:
+        return None
+    return Path(args.resume) if args.resume else _out_dir(args) / "checkpoint.pt"
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise NeurodeInputError(message)
+
+
+def _validate(args: argparse.Namespace) -> None:
+    """Reject bad options before any data is read or any model is built."""
+    _require(args.epochs >= 1, f"--epochs must be at least 1, got {args.epochs}")
+    _require(args.batch_size >= 1, f"--batch-size must be at least 1, got {args.batch_size}")
+    _require(
+        args.eval_batch_size >= 1,
+        f"--eval-batch-size must be at least 1, got {args.eval_batch_size}",
+    )
+    _require(math.isfinite(args.lr) and args.lr > 0, f"--lr must be positive, got {args.lr}")
+    _require(
+        math.isfinite(args.weight_decay) and args.weight_decay >= 0,
+        f"--weight-decay must be non-negative, got {args.weight_decay}",
+    )
+    _require(args.num_workers >= 0, f"--num-workers must be >= 0, got {args.num_workers}")
+    for name in ("subset", "test_subset"):
+        value = getattr(args, name)
+        _require(
+            value is None or value >= 1,
+            f"--{name.replace('_', '-')} must be at least 1, got {value}",
+        )
+    _require(
+        args.stop_after is None or 1 <= args.stop_after <= args.epochs,
+        f"--stop-after must be between 1 and --epochs ({args.epochs}), got {args.stop_after}",
+    )
+    _require(math.isfinite(args.t1) and args.t1 > 0, f"--t1 must be positive, got {args.t1}")
+    ode_options = {
+        "--solver": args.solver,
+        "--gradient": args.gradient,
+        "--rtol": args.rtol,
+        "--atol": args.atol,
+    }
+    if args.model == "resnet":
+        given = [name for name, value in ode_options.items() if value is not None]
+        given += ["--steps"] if args.steps is not None else []
+        _require(not given, f"{', '.join(given)} only apply to --model odenet or rknet")
+    if args.model == "rknet":
+        given = [name for name in ("--gradient", "--rtol", "--atol") if ode_options[name]]
+        _require(
+            not given, f"{', '.join(given)} only apply to --model odenet (rknet is fixed-step)"
+        )
+    if args.model == "odenet":
+        _require(args.steps is None, "--steps only applies to --model rknet")
+    for name in ("rtol", "atol"):
+        value = getattr(args, name)
+        _require(
+            value is None or (math.isfinite(value) and value > 0),
+            f"--{name} must be positive, got {value}",
+        )
+    _require(args.steps is None or args.steps >= 1, f"--steps must be at least 1, got {args.steps}")
+    if args.solver is not None:
+        _check_known("--solver", args.solver, _solver_names())
+    if args.gradient is not None:
+        _check_known("--gradient", args.gradient, _gradient_names())
+    out = _out_dir(args)
+    _require(not out.exists() or out.is_dir(), f"--out {out} exists and is not a folder")
+    if args.evaluate is not None:
+        _require(args.resume is None, "--evaluate and --resume cannot be combined")
+        if not Path(args.evaluate).is_file():
+            raise FileNotFoundError(f"--evaluate: no weights file at {args.evaluate}")
+    resume = _resume_path(args)
+    if resume is not None and not resume.is_file():
+        raise CheckpointError(f"--resume: no checkpoint at {resume}")
+
+
+def _check_known(option: str, value: str, known: list[str] | None) -> None:
+    if known is not None and value not in known:
+        raise NeurodeInputError(f"{option} {value!r} is unknown; choose one of: {', '.join(known)}")
+
+
+def _solver_names() -> list[str] | None:
+    try:
+        from ..methods import method_names
+    except ImportError:
+        return None
+    return method_names()
+
+
+def _gradient_names() -> list[str] | None:
+    try:
+        from ..gradients import names
+    except ImportError:
+        return None
+    return names()
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_model(args: argparse.Namespace) -> nn.Module:
+    """The classifier named by ``args.model`` with the command's solver settings."""
+    autocast_dtype = torch.bfloat16 if args.amp else None
+    if args.model == "resnet":
+        return ResNet(autocast_dtype=autocast_dtype)
+    if args.model == "rknet":
+        return RKNet(
+            method=args.solver or "rk4",
+            steps=args.steps or 4,
+            t1=args.t1,
+            autocast_dtype=autocast_dtype,
+        )
+    return ODENet(
+        method=args.solver or "dopri5",
+        rtol=args.rtol if args.rtol is not None else 1e-3,
+        atol=args.atol if args.atol is not None else 1e-3,
+        gradient=args.gradient or "backsolve",
+        t1=args.t1,
+        autocast_dtype=autocast_dtype,
+    )
+
+
+def _parameter_count(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+class _PaperStepDecay:
+    """Learning-rate factor 1, 0.1, 0.01, 0.001 after 60, 100 and 140 of every 160 parts.
+
+    A callable object rather than a closure so that the scheduler's state
+    dict (which stores this object's attributes) is plain data.
+    """
+
+    def __init__(self, total_iterations: int):
+        self.boundaries = [round(f * total_iterations) for f in _PAPER_DECAY_FRACTIONS]
+
+    def __call__(self, iteration: int) -> float:
+        return 0.1 ** sum(iteration >= boundary for boundary in self.boundaries)
+
+
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, lr: float, total_iterations: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=max(total_iterations, 2)
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _PaperStepDecay(total_iterations))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: MNIST,
+    *,
+    batch_size: int,
+    context: DistributedContext,
+    num_workers: int = 0,
+) -> dict[str, float]:
+    """Loss, accuracy, error and mean forward NFE per batch on ``dataset``.
+
+    Each rank evaluates a disjoint share of the images; the sums are
+    all-reduced, so every image counts exactly once.
+    """
+    model = unwrap_model(model)
+    was_training = model.training
+    model.eval()
+    shard = Subset(dataset, shard_indices(len(dataset), context))
+    loader = mnist_loader(shard, batch_size, num_workers=num_workers)
+    loss_sum = correct = count = nfe = batches = 0.0
+    for images, labels in loader:
+        images = images.to(context.device, non_blocking=True)
+        labels = labels.to(context.device, non_blocking=True)
+        logits = model(images)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(dim=1) == labels).sum().item()
+        count += labels.numel()
+        nfe += model.nfe_forward
+        batches += 1
+    model.train(was_training)
+    loss_sum, correct, count, nfe, batches = all_reduce_sum(
+        [loss_sum, correct, count, nfe, batches], context
+    ).tolist()
+    accuracy = correct / count
+    return {
+        "loss": loss_sum / count,
+        "accuracy": accuracy,
+        "error": 1.0 - accuracy,
+        "images": int(count),
+        "nfe_forward": nfe / max(batches, 1.0),
+    }
+
+
+def _load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise NeurodeInputError(f"cannot read weights {path}: {error}") from error
+    if isinstance(record, dict) and isinstance(record.get("model"), dict):
+        record = record["model"]
+    if not isinstance(record, dict) or not all(
+        isinstance(v, torch.Tensor) for v in record.values()
+    ):
+        raise NeurodeInputError(f"{path} holds no state dict")
+    return record
+
+
+def _run_evaluation(args: argparse.Namespace, context: DistributedContext) -> dict[str, float]:
+    state = _load_weights(args.evaluate)
+    model = build_model(args)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise NeurodeInputError(
+            f"{args.evaluate} does not fit --model {args.model}: {str(error).splitlines()[0]}"
+        ) from error
+    model.to(context.device)
+    test_set = MNIST("test", args.data_dir, subset=args.test_subset, download=not args.no_download)
+    result = evaluate(
+        model,
+        test_set,
+        batch_size=args.eval_batch_size,
+        context=context,
+        num_workers=args.num_workers,
+    )
+    if context.is_main:
+        wrong = round(result["error"] * result["images"])
+        nfe = f", NFE {result['nfe_forward']:.1f} per batch" if args.model != "resnet" else ""
+        print(
+            f"{args.model} {args.evaluate}: test error {100 * result['error']:.2f}% "
+            f"({wrong} of {result['images']} images wrong), loss {result['loss']:.4f}{nfe}"
+        )
+    return result
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in vars(args).items()
+        if isinstance(value, (str, int, float, bool, type(None)))
+    }
+
+
+def _write_atomic(path: Path, write) -> None:
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        with os.fdopen(descriptor, "wb") as handle:
+            write(handle)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _plot_history(history: list[dict[str, Any]], path: Path) -> bool:
+    """Accuracy and NFE per epoch as a PNG; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    epochs = [record["epoch"] for record in history]
+    figure, (accuracy_axes, nfe_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    accuracy_axes.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
+    accuracy_axes.plot(epochs, [100 * r["test_accuracy"] for r in history], "o-", label="test")
+    accuracy_axes.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    accuracy_axes.legend()
+    nfe_axes.plot(epochs, [r["nfe_forward"] for r in history], "o-", label="forward")
+    nfe_axes.plot(epochs, [r["nfe_backward"] for r in history], "o-", label="backward")
+    nfe_axes.set(xlabel="epoch", ylabel="NFE per iteration", title="function evaluations")
+    nfe_axes.legend()
+    figure.tight_layout()
+    _write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
+    plt.close(figure)
+    return True
+
+
+def _train_epoch(
+    model: nn.Module,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    context: DistributedContext,
+    progress: ProgressBar,
+    epoch: int,
+) -> dict[str, float]:
+    """One pass over this rank's shard; metrics summed over all ranks each iteration."""
+    inner = unwrap_model(model)
+    model.train()
+    totals = torch.zeros(6, dtype=torch.float64)  # loss·n, correct, n, NFE fwd, NFE bwd, iterations
+    for iteration, (images, labels) in enumerate(loader):
+        images = images.to(context.device, non_blocking=True)
+        labels = labels.to(context.device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(images)
+        nfe_forward = inner.nfe_forward
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()
+        nfe_backward = inner.nfe_backward
+        local_loss = loss.item()
+        if not math.isfinite(local_loss):
+            raise MNISTTrainingDivergedError(
+                f"training loss became {local_loss} at epoch {epoch + 1}, iteration "
+                f"{iteration + 1}; lower --lr"
+            )
+        optimizer.step()
+        scheduler.step()
+        step = all_reduce_sum(
+            [
+                local_loss * labels.numel(),
+                (logits.argmax(dim=1) == labels).sum().item(),
+                labels.numel(),
+                nfe_forward,
+                nfe_backward,
+                1,
+            ],
+            context,
+        )
+        totals += step
+        progress.update(
+            loss=float(step[0] / step[2]),
+            acc=float(step[1] / step[2]),
+            nfe_f=float(step[3] / context.world_size),
+            nfe_b=float(step[4] / context.world_size),
+        )
+    loss_sum, correct, count, nfe_f, nfe_b, iterations = totals.tolist()
+    # ``iterations`` was summed over ranks too, so these are means per rank and iteration.
+    return {
+        "train_loss": loss_sum / count,
+        "train_accuracy": correct / count,
+        "nfe_forward": nfe_f / iterations,
+        "nfe_backward": nfe_b / iterations,
+        "iterations": int(iterations / context.world_size),
+    }
+
+
+def train(
+    args: argparse.Namespace, context: DistributedContext
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Train as the command does; return the trained model (unwrapped) and the history."""
+    out = _out_dir(args)
+    _seed_everything(args.seed)
+    download = not args.no_download
+    train_set = MNIST(
+        "train", args.data_dir, subset=args.subset, augment=args.augment, download=download
+    )
+    test_set = MNIST("test", args.data_dir, subset=args.test_subset, download=download)
+    model = build_model(args)
+    parameters = _parameter_count(model)
+    parallel_model = wrap_model(model, context)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=args.lr, momentum=_MOMENTUM, weight_decay=args.weight_decay
+    )
+    sampler = train_sampler(len(train_set), context, seed=args.seed)
+    loader_generator = torch.Generator()
+    loader = mnist_loader(
+        train_set,
+        args.batch_size,
+        sampler=sampler,
+        num_workers=args.num_workers,
+        generator=loader_generator,
+        pin_memory=context.device.type == "cuda",
+    )
+    iterations_per_epoch = len(loader)
+    scheduler = _make_scheduler(
+        optimizer, args.schedule, args.lr, args.epochs * iterations_per_epoch
+    )
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    resume = _resume_path(args)
+    if resume is not None:
+        start_epoch, history = _restore(resume, args, context, model, optimizer, scheduler)
+
+    if context.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        print(
+            f"mnist {args.model}: {parameters:,} parameters, {len(train_set)} training / "
+            f"{len(test_set)} test images, {context.world_size} process(es) on "
+            f"{context.device.type}, epochs {start_epoch + 1}..{args.epochs}",
+            flush=True,
+        )
+    last_epoch = args.stop_after if args.stop_after is not None else args.epochs
+    progress = ProgressBar(
+        args.epochs * iterations_per_epoch,
+        initial=start_epoch * iterations_per_epoch,
+        description=f"mnist {args.model}",
+        enabled=context.is_main and not args.no_progress,
+    )
+    with progress:
+        for epoch in range(start_epoch, last_epoch):
+            sampler.set_epoch(epoch)
+            loader_generator.manual_seed(args.seed * 1_000_003 + epoch)
+            started = time.perf_counter()
+            record: dict[str, Any] = {"epoch": epoch + 1}
+            record.update(
+                _train_epoch(parallel_model, loader, optimizer, scheduler, context, progress, epoch)
+            )
+            test = evaluate(
+                model,
+                test_set,
+                batch_size=args.eval_batch_size,
+                context=context,
+                num_workers=args.num_workers,
+            )
+            record.update(
+                test_loss=test["loss"],
+                test_accuracy=test["accuracy"],
+                test_error=test["error"],
+                test_nfe_forward=test["nfe_forward"],
+                lr=optimizer.param_groups[0]["lr"],
+                seconds=time.perf_counter() - started,
+            )
+            history.append(record)
+            _save_epoch(args, context, out, model, optimizer, scheduler, history, parameters)
+            if context.is_main:
+                _print_epoch(record, args)
+    return model, history
+
+
+def _restore(
+    path: Path,
+    args: argparse.Namespace,
+    context: DistributedContext,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+) -> tuple[int, list[dict[str, Any]]]:
+    state = load_checkpoint(path)
+    saved = state.get("config", {})
+    for key in ("model", "epochs", "batch_size", "schedule", "subset"):
+        if key in saved and saved[key] != getattr(args, key):
+            raise CheckpointError(
+                f"{path} was written with --{key.replace('_', '-')} {saved[key]}, "
+                f"not {getattr(args, key)}; resume with the same settings"
+            )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng_states = state["rng"]
+    restore_rng_state(rng_states[context.rank % len(rng_states)])
+    return int(state["epoch"]), list(state["history"])
+
+
+def _save_epoch(
+    args: argparse.Namespace,
+    context: DistributedContext,
+    out: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    history: list[dict[str, Any]],
+    parameters: int,
+) -> None:
+    """Checkpoint, weights, metrics and plot, written by rank 0 once all ranks arrive."""
+    rng_states = gather_objects(capture_rng_state(), context)
+    if context.is_main:
+        save_checkpoint(
+            out / "checkpoint.pt",
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_states,
+                "epoch": history[-1]["epoch"],
+                "history": history,
+                "config": _config(args),
+            },
+        )
+        weights = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+        _write_atomic(out / "weights.pt", lambda handle: torch.save(weights, handle))
+        metrics = {
+            "model": args.model,
+            "parameters": parameters,
+            "world_size": context.world_size,
+            "config": _config(args),
+            "epochs": history,
+        }
+        _write_atomic(
+            out / "metrics.json",
+            lambda handle: handle.write(json.dumps(metrics, indent=2).encode()),
+        )
+        _plot_history(history, out / "metrics.png")
+    barrier(context)
+
+
+def _print_epoch(record: dict[str, Any], args: argparse.Namespace) -> None:
+    nfe = ""
+    if args.model != "resnet":
+        nfe = (
+            f" | NFE/iter fwd {record['nfe_forward']:.1f} bwd {record['nfe_backward']:.1f}"
+            f" test {record['test_nfe_forward']:.1f}"
+        )
+    print(
+        f"epoch {record['epoch']}/{args.epochs}: train loss {record['train_loss']:.4f} "
+        f"acc {100 * record['train_accuracy']:.2f}% | test error {100 * record['test_error']:.2f}%"
+        f"{nfe} | lr {record['lr']:.3g} | {record['seconds']:.1f} s",
+        file=sys.stdout,
+        flush=True,
+    )

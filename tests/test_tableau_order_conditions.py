@@ -39,7 +39,7 @@ _SATISFIED = 1e-13
 _VIOLATED = 1e-9
 
 # Continuous order of each tableau's own dense output.
-_DENSE_ORDER = {"dopri5": 4, "tsit5": 4}
+_DENSE_ORDER = {"dopri5": 4, "tsit5": 4, "dopri8": 5}
 
 _THETAS = (0.1, 0.25, 0.5, 0.7, 0.93)
 
@@ -255,6 +255,20 @@ def test_dense_weights_at_theta_one_equal_b(name):
         exact_sum = sum(Fraction(x) for x in row)
         rounding = eps * (sum(abs(x) for x in row) + abs(b))
         assert abs(exact_sum - Fraction(b)) <= rounding
+
+
+@pytest.mark.parametrize("name", sorted(set(_DENSE) & set(_FSAL)))
+def test_fsal_dense_output_matches_both_end_slopes(name):
+    # b_i'(0) = δ_i1 and b_i'(1) = δ_is: the interpolant leaves y_n with slope k_1 and
+    # reaches y_{n+1} with slope k_s = f(t_{n+1}, y_{n+1}), so it is C¹ across steps.
+    tableau = TABLEAUS[name]
+    eps = np.finfo(np.float64).eps
+    last = tableau.stages - 1
+    for i, row in enumerate(tableau.dense):
+        assert row[0] == (1.0 if i == 0 else 0.0)
+        slope_at_one = sum((j + 1) * Fraction(x) for j, x in enumerate(row))
+        rounding = eps * sum((j + 1) * abs(x) for j, x in enumerate(row))
+        assert abs(slope_at_one - (1 if i == last else 0)) <= rounding, i
 
 
 @pytest.mark.parametrize("name", _DENSE)

@@ -4,19 +4,20 @@
 assumption", Comput. Math. Appl. 62 (2011) 770–775. The pair drops the usual
 simplifying assumption ``Σ_j a_ij c_j = c_i²/2`` for all but the first column,
 which frees parameters to shrink the fifth-order error coefficients: for the
-same eight function evaluations per step as Dormand–Prince 5(4) it is usually
+same six new evaluations of ``f`` per step as Dormand–Prince 5(4) it is usually
 more accurate.
 
-The abscissae ``c_2, c_3, c_4`` are the paper's rational choices; ``c_5`` and
-every ``a_ij`` solve the order conditions and are irrational, so they are
-written to the published 85-digit precision and rounded to float64 once.
+The abscissae ``c_2, c_3, c_4`` are the paper's free choices; ``c_5`` and most
+``a_ij`` then solve the order conditions and are irrational, so they are written
+to the published 85-digit precision and rounded to float64 once.
 The fifth-order solution is propagated (``b`` is the last row of ``a``, so
 ``k_7 = f(t_{n+1}, y_{n+1})`` is the next step's ``k_1``); ``b̂`` is the
 fourth-order embedded solution and ``b_error = b − b̂``.
 
 Dense output is the paper's own continuous extension: quartic weights
 ``b_i(θ) = Σ_j dense[i][j] θ^{j+1}`` of fourth order for every θ ∈ [0, 1], with
-``b_i(0)' = δ_i1`` and ``b_i(1) = b_i``. The paper builds them as products of
+``b_i(1) = b_i``, ``b_i'(0) = δ_i1`` and ``b_i'(1) = δ_i7``: it matches both end
+values and both end slopes, so it is C¹ across steps. The paper builds them as products of
 low-degree factors; the expanded coefficients below are as published to
 between 16 and 50 digits, consistent with the order conditions to about 1e-16.
 """

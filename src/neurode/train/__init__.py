@@ -1,0 +1,57 @@
+"""Training: a plain loop with progress, early stopping, NFE logging and atomic
+checkpoints, plus the pieces that fit an ODE to observed trajectories.
+
+Data-parallel helpers live in :mod:`neurode.train.distributed`.
+"""
+
+from .checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .early_stopping import EarlyStopping
+from .loop import (
+    History,
+    Objective,
+    StepOutput,
+    TrainConfig,
+    TrainingDivergedError,
+    TrainResult,
+    fit,
+)
+from .progress import ProgressBar
+from .trajectories import (
+    Trajectories,
+    TrajectoryModel,
+    TrajectoryObjective,
+    estimate_unobserved,
+    finite_difference_slope,
+    predict,
+    squared_error,
+)
+
+__all__ = [
+    "CheckpointError",
+    "EarlyStopping",
+    "History",
+    "Objective",
+    "ProgressBar",
+    "StepOutput",
+    "TrainConfig",
+    "TrainResult",
+    "Trajectories",
+    "TrajectoryModel",
+    "TrajectoryObjective",
+    "TrainingDivergedError",
+    "capture_rng_state",
+    "estimate_unobserved",
+    "finite_difference_slope",
+    "fit",
+    "load_checkpoint",
+    "predict",
+    "restore_rng_state",
+    "save_checkpoint",
+    "squared_error",
+]

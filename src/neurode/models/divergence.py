@@ -1,0 +1,71 @@
+"""The divergence ``tr(∂f/∂z)`` of a vector field, exactly or by Hutchinson's estimator.
+
+For ``f: R^d -> R^d`` evaluated on a batch, with ``J = ∂f/∂z``:
+
+- exact: ``tr J = Σ_i ∂f_i/∂z_i``, one vector-Jacobian product per dimension;
+- Hutchinson: ``tr J = E[εᵀ J ε]`` for any noise with ``E[ε εᵀ] = I``
+  (standard Gaussian or Rademacher ±1), one vector-Jacobian product in all.
+
+The same product ``εᵀ J`` also estimates ``‖J‖_F² = E‖εᵀ J‖²``, the Jacobian
+regulariser of RNODE.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import NeurodeInputError
+
+PROBE_DISTRIBUTIONS = ("gaussian", "rademacher")
+
+
+def sample_probe(
+    like: torch.Tensor, distribution: str = "rademacher", generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Noise shaped like ``like`` with zero mean and identity covariance."""
+    if distribution == "gaussian":
+        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    if distribution == "rademacher":
+        bits = torch.randint(0, 2, like.shape, generator=generator, device=like.device)
+        return (2 * bits - 1).to(like.dtype)
+    raise NeurodeInputError(
+        f"unknown probe distribution {distribution!r}; choose from {PROBE_DISTRIBUTIONS}"
+    )
+
+
+def exact_divergence(
+    f: torch.Tensor, z: torch.Tensor, *, create_graph: bool = False
+) -> torch.Tensor:
+    """``tr(∂f/∂z)`` per batch row; ``f`` (a function of ``z``) and ``z`` are ``(B, d)``."""
+    return _exact_jacobian_terms(f, z, create_graph, frobenius=False)[0]
+
+
+def hutchinson_divergence(
+    f: torch.Tensor, z: torch.Tensor, noise: torch.Tensor, *, create_graph: bool = False
+) -> torch.Tensor:
+    """Unbiased estimate ``εᵀ (∂f/∂z) ε`` of the divergence, one probe ``ε`` per batch row."""
+    return _hutchinson_jacobian_terms(f, z, noise, create_graph)[0]
+
+
+def _exact_jacobian_terms(
+    f: torch.Tensor, z: torch.Tensor, create_graph: bool, frobenius: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Exact trace and (optionally) squared Frobenius norm of the per-row Jacobian."""
+    trace = torch.zeros_like(f[:, 0])
+    frobenius_sq = torch.zeros_like(f[:, 0]) if frobenius else None
+    for i in range(f.shape[1]):
+        row = torch.autograd.grad(f[:, i].sum(), z, create_graph=create_graph, retain_graph=True)[0]
+        trace = trace + row[:, i]
+        if frobenius:
+            frobenius_sq = frobenius_sq + (row**2).sum(-1)
+    return trace, frobenius_sq
+
+
+def _hutchinson_jacobian_terms(
+    f: torch.Tensor, z: torch.Tensor, noise: torch.Tensor, create_graph: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Estimates ``εᵀ J ε`` of the trace and ``‖εᵀ J‖²`` of the squared Frobenius norm."""
+    noise_jacobian = torch.autograd.grad(f, z, noise, create_graph=create_graph, retain_graph=True)[
+        0
+    ]
+    return (noise_jacobian * noise).sum(-1), (noise_jacobian**2).sum(-1)

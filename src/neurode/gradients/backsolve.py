@@ -1,0 +1,475 @@
+"""The backsolve adjoint: gradients by solving the adjoint equations backwards in time.
+
+Memory is constant in the number of steps: the forward solve keeps only the
+saved states. For a loss ``L`` of the states ``y(t_i)`` the adjoint
+``a(t) = dL/dy(t)`` satisfies, in the user's time (Chen et al. 2018, App. B),
+
+    dz/dt   =  f(t, z)                  (the state, re-integrated backwards)
+    da/dt   = -a^T ∂f/∂z(t, z)
+    da_θ/dt = -a^T ∂f/∂θ(t, z)          a_θ(t_N) = 0,  a_θ(t_0) = dL/dθ
+    da_t/dt = -a^T ∂f/∂t(t, z)          a_t(t_0) = dL/dt_0
+
+integrated from ``t_N`` to ``t_0`` one save interval at a time; at each save
+time ``a`` jumps by ``dL/dy(t_i)``, ``z`` is reset to the forward solution, and
+``a_t`` drops by ``dL/dt_i = <dL/dy(t_i), f(t_i, y(t_i))>``. The three
+vector-Jacobian products come from one ``torch.autograd.grad`` call per
+evaluation.
+
+The backward solve re-integrates ``z`` in the direction in which a
+contracting system expands, so on stiff or strongly damped problems its
+errors grow exponentially and so do the gradient's; ``gradient="checkpoint"``
+is the stable alternative.
+
+Options (``gradient_options``, as ``torchdiffeq.odeint_adjoint``):
+
+- ``adjoint_rtol``, ``adjoint_atol``: tolerances of the backward solve
+  (default: the forward ones);
+- ``adjoint_method``: its solver (default: the forward one);
+- ``adjoint_options``: its solver options (default: the forward ones, and for
+  a fixed-step forward solve its grid, reversed). ``adjoint_options["norm"]``
+  is ``"seminorm"`` to leave the integral channels ``a_θ`` and ``a_t`` out of
+  the error estimate (Kidger, Chen & Lyons 2021): they never feed back into the
+  dynamics, so their error does not need to limit the step size; or a callable
+  taking ``(a_t, z, a, *a_θ)`` (``z`` and ``a`` split into members for tuple
+  states) and returning a scalar. The default is the largest RMS norm of the
+  channels ``z``, ``a``, each ``a_θ`` and ``a_t``.
+
+The adjoint callbacks ``func.callback_step_adjoint``,
+``func.callback_accept_step_adjoint`` and ``func.callback_reject_step_adjoint``
+are called as ``(t, (a_t, z, a, *a_θ), dt)`` with ``t`` the user's time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..errors import InvalidToleranceError, UnknownOptionError
+from ..integrate import AdaptiveOptions, Callbacks
+from ..methods import build_method
+from ..problem import MethodSpec, ODEProblem
+from . import GradientResult, register
+from ._adjoint_common import (
+    SolveFunction,
+    needs_backward,
+    record_backward_stats,
+    save_time_gradients,
+    trainable,
+)
+
+_OPTIONS = frozenset({"adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options"})
+_DEFAULT_RTOL, _DEFAULT_ATOL = 1e-7, 1e-9
+
+
+def solve_backsolve(
+    problem: ODEProblem,
+    y0: torch.Tensor,
+    t: torch.Tensor,
+    t_solver: list[float],
+    *,
+    params: tuple[torch.Tensor, ...] = (),
+    options: dict[str, Any] | None = None,
+    record_segments: bool = False,
+) -> GradientResult:
+    params = trainable(params)
+    backsolve = _Backsolve(problem, y0, t, t_solver, params, options or {}, record_segments)
+    if needs_backward(y0, t, params):
+        ys = SolveFunction.apply(backsolve, y0, t, *params)
+    else:
+        with torch.no_grad():
+            ys = backsolve.forward(y0)
+    return GradientResult(ys=ys, stats=backsolve.stats, segments=backsolve.segments)
+
+
+# ------------------------------------------------------------------- augmented state
+class _AugmentedLayout:
+    """The backward state as one flat vector ``[z, a, a_θ_1, ..., a_θ_K, a_t]``."""
+
+    def __init__(self, state_shape: torch.Size, params: Sequence[torch.Tensor]):
+        self.state_shape = state_shape
+        self.n = math.prod(state_shape)
+        self.param_shapes = [p.shape for p in params]
+        self.param_numels = [p.numel() for p in params]
+        self.param_dtypes = [p.dtype for p in params]
+        self.size = 2 * self.n + sum(self.param_numels) + 1
+
+    def initial(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        x = z.new_zeros(self.size)
+        x[: self.n] = z.reshape(-1)
+        x[self.n : 2 * self.n] = a.reshape(-1)
+        return x
+
+    def z(self, x: torch.Tensor) -> torch.Tensor:
+        return x[: self.n].view(self.state_shape)
+
+    def a(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.n : 2 * self.n].view(self.state_shape)
+
+    def param_gradients(self, x: torch.Tensor) -> list[torch.Tensor]:
+        pieces = torch.split(x[2 * self.n : -1], self.param_numels)
+        return [
+            piece.view(shape).to(dtype)
+            for piece, shape, dtype in zip(pieces, self.param_shapes, self.param_dtypes)
+        ]
+
+    def unpack(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(a_t, z, a, *a_θ)`` as torchdiffeq's adjoint callbacks and norms see it."""
+        return (x[-1], self.z(x), self.a(x), *self.param_gradients(x))
+
+
+class _AugmentedDynamics:
+    """``dx/dτ`` of the backward state in backward solver time ``τ``.
+
+    The forward solver time is ``s = σ t`` (σ = -1 when ``t`` decreases); the
+    backward solve runs in ``τ = -s``, so the user's time is ``t = ρ τ`` with
+    ``ρ = -σ`` and ``dx/dτ = ρ · dx/dt``.
+    """
+
+    def __init__(
+        self,
+        problem: ODEProblem,
+        layout: _AugmentedLayout,
+        params: tuple[torch.Tensor, ...],
+        time_grad: bool,
+    ):
+        self.problem = problem
+        self.layout = layout
+        self.params = params
+        self.time_grad = time_grad
+        self.rho = 1.0 if problem.reversed else -1.0
+        self.dtype = problem.state_dtype
+
+    def user_time(self, tau: float, perturb: int = 0) -> torch.Tensor:
+        t = self.problem.time_tensor(-tau)
+        if perturb:
+            t = torch.nextafter(t, t + self.rho * perturb)
+        return t
+
+    def __call__(self, tau: float, x: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+        layout = self.layout
+        t = self.user_time(tau, perturb)
+        a = layout.a(x)
+        # dx/dτ = ρ [f, -a^T ∂f/∂z, -a^T ∂f/∂θ, -a^T ∂f/∂t]: one vjp with cotangent -ρ a.
+        cotangent = a if self.rho < 0 else -a
+        with torch.enable_grad():
+            z = layout.z(x).detach().requires_grad_(True)
+            if self.time_grad:
+                t = t.requires_grad_(True)
+                inputs = (z, *self.params, t)
+            else:
+                inputs = (z, *self.params)
+            f = self.problem.call_user(t, z)
+            if f.requires_grad:
+                vjps = torch.autograd.grad(
+                    f, inputs, cotangent, allow_unused=True, materialize_grads=True
+                )
+            else:
+                vjps = [torch.zeros_like(v) for v in inputs]
+        pieces = [f.detach().reshape(-1)]
+        pieces += [v.reshape(-1).to(self.dtype) for v in vjps]
+        if not self.time_grad:
+            pieces.append(x.new_zeros(1))
+        out = torch.cat(pieces)
+        if self.rho < 0:
+            out[: layout.n].neg_()
+        return out
+
+
+# ----------------------------------------------------------------------- error norms
+class _ChannelRMSNorm:
+    """``max_c RMS(x_c)`` over contiguous channels of the flat backward state.
+
+    ``state_norm`` (the forward solve's norm, if it has one) replaces the RMS
+    on the ``z`` and ``a`` channels. With ``integrals=False`` the ``a_θ`` and
+    ``a_t`` channels are left out (the seminorm).
+    """
+
+    def __init__(
+        self,
+        layout: _AugmentedLayout,
+        member_numels: Sequence[int],
+        state_norm: Callable | None,
+        integrals: bool,
+        like: torch.Tensor,
+    ):
+        self.n = layout.n
+        self.state_norm = state_norm
+        sizes: list[int] = [] if state_norm is not None else [*member_numels, *member_numels]
+        self.offset = 0 if state_norm is None else 2 * layout.n
+        if integrals:
+            sizes += [k for k in layout.param_numels if k > 0] + [1]
+        self.end = self.offset + sum(sizes)
+        self.index = torch.repeat_interleave(
+            torch.arange(len(sizes), device=like.device),
+            torch.tensor(sizes, dtype=torch.long, device=like.device),
+        )
+        self.counts = torch.tensor(sizes, dtype=like.dtype, device=like.device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        value = None
+        if self.end > self.offset:
+            channel = x[self.offset : self.end]
+            sums = torch.zeros_like(self.counts).index_add_(0, self.index, channel * channel)
+            value = sums.div_(self.counts).max().sqrt()
+        if self.state_norm is not None:
+            n = self.n
+            state_value = torch.maximum(self.state_norm(x[:n]), self.state_norm(x[n : 2 * n]))
+            value = state_value if value is None else torch.maximum(value, state_value)
+        return value
+
+
+def _user_norm(norm: Callable, layout: _AugmentedLayout, problem: ODEProblem) -> Callable:
+    members = problem.layout
+
+    def adjoint_norm(x: torch.Tensor) -> torch.Tensor:
+        a_t, z, a, *a_params = layout.unpack(x)
+        if members is not None:
+            return norm((a_t, *members.unflatten(z), *members.unflatten(a), *a_params))
+        return norm((a_t, z, a, *a_params))
+
+    return adjoint_norm
+
+
+# ------------------------------------------------------------------- option checking
+def _check_tolerance(name: str, value: Any, problem: ODEProblem, like: torch.Tensor):
+    """A non-negative float, or a tensor broadcastable to the state (or one per member)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value) or value < 0:
+            raise InvalidToleranceError(f"{name} must be a finite non-negative number, got {value}")
+        return float(value)
+    if isinstance(value, (tuple, list)) and problem.layout is not None:
+        numels = problem.layout.numels
+        if len(value) != len(numels):
+            raise InvalidToleranceError(
+                f"{name} has {len(value)} entries but y0 has {len(numels)} members"
+            )
+        value = torch.cat([torch.full((k,), float(v)) for v, k in zip(value, numels)])
+    if not isinstance(value, torch.Tensor):
+        raise InvalidToleranceError(f"{name} must be a number or a tensor, got {value!r}")
+    value = value.detach().to(dtype=like.dtype, device=like.device)
+    if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
+        raise InvalidToleranceError(f"{name} must be finite and non-negative")
+    if value.numel() == 1:
+        return float(value)
+    try:
+        torch.broadcast_shapes(value.shape, problem.state_shape)
+    except RuntimeError:
+        raise InvalidToleranceError(
+            f"{name} of shape {tuple(value.shape)} does not broadcast to the state "
+            f"{tuple(problem.state_shape)}"
+        ) from None
+    return value
+
+
+def _augmented_tolerance(value, layout: _AugmentedLayout):
+    """The state tolerance on ``z`` and ``a``; its strictest entry on the integral channels."""
+    if isinstance(value, float):
+        return value
+    per_state = torch.broadcast_to(value, layout.state_shape).reshape(-1)
+    rest = per_state.min().expand(layout.size - 2 * layout.n)
+    return torch.cat([per_state, per_state, rest])
+
+
+# -------------------------------------------------------------------- the method
+class _Backsolve:
+    """Forward solve without a graph; backward by the adjoint equations."""
+
+    def __init__(
+        self,
+        problem: ODEProblem,
+        y0: torch.Tensor,
+        t: torch.Tensor,
+        t_solver: list[float],
+        params: tuple[torch.Tensor, ...],
+        options: dict[str, Any],
+        record_segments: bool,
+    ):
+        unknown = sorted(set(options) - _OPTIONS)
+        if unknown:
+            raise UnknownOptionError(
+                f"gradient='backsolve' does not take option(s) {', '.join(unknown)}; "
+                f"it accepts: {', '.join(sorted(_OPTIONS))}"
+            )
+        self.problem = problem
+        self.t = t
+        self.t_solver = t_solver
+        self.params = params
+        self.record_segments = record_segments
+        self.stats: dict[str, Any] = {}
+        self.segments = None
+        self.layout = _AugmentedLayout(problem.state_shape, params)
+        self.time_grad = t.requires_grad
+        self.dynamics = _AugmentedDynamics(problem, self.layout, params, self.time_grad)
+        self.callbacks = self._adjoint_callbacks()
+        self._configure(options, y0)
+
+    # .................................................................. configuration
+    def _configure(self, options: dict[str, Any], y0: torch.Tensor) -> None:
+        forward = self.problem.method
+        forward_adaptive = forward.adaptive if forward.kind == "adaptive" else None
+        rtol = options.get("adjoint_rtol")
+        atol = options.get("adjoint_atol")
+        if rtol is None:
+            rtol = forward_adaptive.rtol if forward_adaptive else _DEFAULT_RTOL
+        if atol is None:
+            atol = forward_adaptive.atol if forward_adaptive else _DEFAULT_ATOL
+        rtol = _check_tolerance("adjoint_rtol", rtol, self.problem, y0)
+        atol = _check_tolerance("adjoint_atol", atol, self.problem, y0)
+        self.rtol = _augmented_tolerance(rtol, self.layout)
+        self.atol = _augmented_tolerance(atol, self.layout)
+
+        name = options.get("adjoint_method") or forward.name
+        solver_options = options.get("adjoint_options")
+        if solver_options is not None and not isinstance(solver_options, dict):
+            raise UnknownOptionError(
+                f"adjoint_options must be a dict, got {type(solver_options).__name__}"
+            )
+        self.inherit = solver_options is None
+        solver_options = dict(solver_options or {})
+        norm = solver_options.pop("norm", None)
+        self.name = name
+        self.solver_options = solver_options
+        self.reversed_backward = not self.problem.reversed
+        span = [-self.t_solver[-1], -self.t_solver[0]]
+        # Built once over the whole span, so bad names and options fail before any work.
+        validation_options = {k: v for k, v in solver_options.items() if k != "grid_constructor"}
+        spec = build_method(
+            name,
+            validation_options,
+            self.rtol,
+            self.atol,
+            span,
+            y0,
+            reversed_time=self.reversed_backward,
+        )
+        if spec.kind == "adaptive":
+            if self.inherit and forward_adaptive is not None:
+                spec.adaptive = _inherited_adaptive(forward_adaptive, self.rtol, self.atol)
+            spec.adaptive.norm = self._norm(norm, y0)
+        elif norm is not None and not (norm == "seminorm" or callable(norm)):
+            raise UnknownOptionError(f"adjoint norm must be 'seminorm' or a callable, got {norm!r}")
+        self.spec = spec
+        self.forward_grid: list[float] | None = None
+        if spec.kind == "fixed" and self.inherit and forward.kind == "fixed":
+            spec.perturb, spec.interp = forward.perturb, forward.interp
+            grid = forward.grid if forward.grid is not None else self.t_solver
+            self.forward_grid = [-s for s in reversed(grid)]
+
+    def _norm(self, norm: Any, like: torch.Tensor) -> Callable:
+        problem = self.problem
+        forward = problem.method
+        # The forward solve's norm measures z and a, as torchdiffeq does; without one,
+        # the channel RMS does (one channel per member of a tuple state).
+        state_norm = forward.adaptive.norm if forward.kind == "adaptive" else None
+        members = problem.layout.numels if problem.layout is not None else (self.layout.n,)
+        if norm is None:
+            return _ChannelRMSNorm(self.layout, members, state_norm, True, like)
+        if norm == "seminorm":
+            return _ChannelRMSNorm(self.layout, members, state_norm, False, like)
+        if callable(norm):
+            return _user_norm(norm, self.layout, problem)
+        raise UnknownOptionError(f"adjoint norm must be 'seminorm' or a callable, got {norm!r}")
+
+    def _adjoint_callbacks(self) -> Callbacks:
+        func = self.problem.func
+
+        def wrap(name: str) -> Callable | None:
+            callback = getattr(func, f"{name}_adjoint", None)
+            if callback is None:
+                return None
+            return lambda tau, x, h: callback(
+                self.dynamics.user_time(tau), self.layout.unpack(x), h
+            )
+
+        return Callbacks(
+            step=wrap("callback_step"),
+            accept_step=wrap("callback_accept_step"),
+            reject_step=wrap("callback_reject_step"),
+        )
+
+    def _interval_method(self, tau0: float, tau1: float, x: torch.Tensor) -> MethodSpec:
+        """The solver of the backward interval ``[tau0, tau1]``."""
+        spec = self.spec
+        if spec.kind != "fixed":
+            return spec
+        if self.forward_grid is not None:
+            grid = self.forward_grid
+            inner = grid[bisect.bisect_right(grid, tau0) : bisect.bisect_left(grid, tau1)]
+            return dataclasses.replace(spec, grid=[tau0, *inner, tau1])
+        return build_method(
+            self.name,
+            self.solver_options,
+            self.rtol,
+            self.atol,
+            [tau0, tau1],
+            x,
+            grid_constructor_args=lambda: (
+                self.dynamics,
+                x,
+                torch.tensor([tau0, tau1], dtype=self.problem.time_dtype, device=x.device),
+            ),
+            reversed_time=self.reversed_backward,
+        )
+
+    # ........................................................................ solving
+    def forward(self, y0: torch.Tensor) -> torch.Tensor:
+        problem = self.problem
+        trajectory = problem.integrate(y0, self.t_solver, record_segments=self.record_segments)
+        self.stats.update(trajectory.stats)
+        self.stats["nfe"] = problem.nfe
+        self.segments = trajectory.segments
+        return torch.stack(trajectory.ys)
+
+    def backward(self, ys: torch.Tensor, grad_ys: torch.Tensor, needs_grad: Sequence[bool]):
+        problem, layout, t_solver = self.problem, self.layout, self.t_solver
+        nfe_before = problem.nfe
+        steps = 0
+        time_grads = save_time_gradients(problem, t_solver, ys, grad_ys) if self.time_grad else None
+        x = layout.initial(ys[-1], grad_ys[-1])
+        for i in range(len(t_solver) - 1, 0, -1):
+            if time_grads is not None:
+                x[-1] -= time_grads[i]
+            tau0, tau1 = -t_solver[i], -t_solver[i - 1]
+            trajectory = problem.integrate(
+                x,
+                [tau0, tau1],
+                func=self.dynamics,
+                method=self._interval_method(tau0, tau1, x),
+                callbacks=self.callbacks,
+            )
+            steps += trajectory.stats.get("steps", 0)
+            x = trajectory.ys[-1].clone()
+            x[: layout.n] = ys[i - 1].reshape(-1)
+            x[layout.n : 2 * layout.n] += grad_ys[i - 1].reshape(-1)
+        record_backward_stats(
+            self.stats, nfe_backward=problem.nfe - nfe_before, steps_backward=steps
+        )
+
+        grad_y0 = layout.a(x).clone() if needs_grad[0] else None
+        grad_t = None
+        if time_grads is not None and needs_grad[1]:
+            time_grads[0] = x[-1]
+            grad_t = torch.stack(time_grads).to(self.t.dtype)
+        grad_params = layout.param_gradients(x)
+        grad_params = [g if need else None for g, need in zip(grad_params, needs_grad[2:])]
+        return grad_y0, grad_t, grad_params
+
+
+def _inherited_adaptive(forward: AdaptiveOptions, rtol, atol) -> AdaptiveOptions:
+    """The forward solve's step-size settings, with breakpoints in backward time."""
+    return dataclasses.replace(
+        forward,
+        rtol=rtol,
+        atol=atol,
+        controller=dataclasses.replace(forward.controller),
+        step_t=tuple(-s for s in forward.step_t),
+        jump_t=tuple(-s for s in forward.jump_t),
+    )
+
+
+register("backsolve", solve_backsolve)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from . import gradients
+from . import integrate_multistep as _adams_methods  # noqa: F401  (registers the Adams family)
 from .errors import (
     InvalidTimesError,
     InvalidToleranceError,

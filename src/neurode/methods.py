@@ -44,7 +44,8 @@ def register_custom_method(
 ) -> None:
     """Add a non-Runge–Kutta integrator (Adams, scipy, ...) under ``name``.
 
-    ``builder(name, options, t_solver)`` returns the :class:`MethodSpec`.
+    ``builder(name, options, t_solver, rtol=rtol, atol=atol)`` returns the
+    :class:`MethodSpec`.
     """
     _CUSTOM[name] = (options, builder)
 
@@ -74,7 +75,7 @@ def build_method(
     if name in _CUSTOM:
         allowed, builder = _CUSTOM[name]
         _reject_unknown(name, options, allowed)
-        return builder(name, options, t_solver)
+        return builder(name, options, t_solver, rtol=rtol, atol=atol)
     tableau = TABLEAUS.get(name)
     if tableau is None:
         raise UnknownMethodError(

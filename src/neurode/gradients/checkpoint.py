@@ -212,15 +212,15 @@ class _Checkpointed:
                 grad_params[k] = g if grad_params[k] is None else grad_params[k] + g
         if adjoint is None:
             adjoint = torch.zeros_like(ys[0])
-        record_backward_stats(
-            self.stats, nfe_backward=problem.nfe - nfe_before, steps_backward=len(recorder.times)
-        )
 
         grad_t = None
         if needs_grad[1]:
             time_grads = save_time_gradients(problem, t_solver, ys, grad_ys)
             time_grads[0] = start_time_gradient(problem, t_solver[0], ys[0], adjoint)
             grad_t = torch.stack(time_grads).to(self.t.dtype)
+        record_backward_stats(
+            self.stats, nfe_backward=problem.nfe - nfe_before, steps_backward=len(recorder.times)
+        )
         grad_y0 = adjoint + grad_ys[0] if needs_grad[0] else None
         grad_params = [
             (torch.zeros_like(p) if g is None else g.to(p.dtype)) if need else None

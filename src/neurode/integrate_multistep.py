@@ -148,7 +148,8 @@ def integrate_adams(
                 for _ in range(max_iters):
                     f_end = func(t1, y1, before)
                     corrected = torch.add(base, f_end, alpha=h * moulton[0])
-                    converged = _corrector_converged(y1, corrected, rtol, atol)
+                    # With max_iters=1 (PECE) the single correction is the method itself.
+                    converged = max_iters == 1 or _corrector_converged(y1, corrected, rtol, atol)
                     y1 = corrected
                     if converged:
                         break

@@ -43,10 +43,11 @@ def integrated_lagrange_weights(nodes: Sequence) -> list:
     degree below ``len(nodes)`` exactly over ``[0, 1]``.
     """
     weights = []
+    one = nodes[0] ** 0  # 1 in the field of the nodes
     for j, x_j in enumerate(nodes):
         # Coefficients (lowest degree first) of Π_{m≠j} (s - x_m) / (x_j - x_m).
-        poly = [1]
-        denominator = 1
+        poly = [one]
+        denominator = one
         for m, x_m in enumerate(nodes):
             if m == j:
                 continue

@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     data_generator = torch.Generator().manual_seed(args.seed)
     train = sample_toy_density(args.dataset, args.train_size, generator=data_generator)
     test = sample_toy_density(args.dataset, args.test_size, generator=data_generator)
-    model = build_model(args)
+    model = build_model(args).to(train.dtype)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
     batches_per_epoch = math.ceil(args.train_size / args.batch_size)
@@ -167,10 +167,10 @@ def run(args: argparse.Namespace) -> int:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            history["loss"].append(float(loss))
+            history["loss"].append(float(loss.detach()))
             history["nfe_forward"].append(after_forward - before)
             history["nfe_backward"].append(model.nfe - after_forward)
-            progress.set_postfix(loss=f"{float(loss):.3f}", nfe=after_forward - before)
+            progress.set_postfix(loss=f"{float(loss.detach()):.3f}", nfe=after_forward - before)
             progress.update(1)
     progress.close()
     train_seconds = time.perf_counter() - start

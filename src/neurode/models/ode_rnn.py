@@ -7,8 +7,9 @@ the hidden state starts at ``h_0`` and, for each ``i``,
     h_i    = GRUCell([x_i * m_i, m_i], h_i^-)               (``after``)
 
 where ``m_i`` is the observation mask. A series with nothing observed at
-``t_i`` skips the update (``h_i = h_i^-``), so batches whose series are
-observed at different times can share the union grid of all their times. With
+``t_i`` skips the update (``h_i = h_i^-``), and the state of a series stays at
+``h_0`` until its first observation; so a series gets the same states whether
+it is run alone or in a batch on the union grid of all their times. With
 ``f = 0`` and a full mask this is exactly a GRU fed ``[x_i, 1]``.
 
 Run with ``reverse=True`` the model reads the series from the last time to the
@@ -109,12 +110,16 @@ class ODERNN(nn.Module):
         order = range(len(times) - 1, -1, -1) if reverse else range(len(times))
         before: list[torch.Tensor] = [None] * len(times)  # type: ignore[list-item]
         after: list[torch.Tensor] = [None] * len(times)  # type: ignore[list-item]
+        start = h
+        started = torch.zeros_like(observed[:, 0])
         previous = None
         for i in order:
             if previous is not None:
-                h = self.evolve(h, torch.stack([times[previous], times[i]]))[-1]
+                evolved = self.evolve(h, torch.stack([times[previous], times[i]]))[-1]
+                h = torch.where(started, evolved, start)
             before[i] = h
             h = torch.where(observed[:, i], self.cell(inputs[:, i], h), h)
             after[i] = h
+            started = started | observed[:, i]
             previous = i
         return RecurrentStates(torch.stack(before, 1), torch.stack(after, 1), h)

@@ -8,7 +8,8 @@ time gaps as input". With ``Δ_i = |t_i - t_{i-1}|`` (``Δ_0 = 0``) and mask ``m
 
 ``before`` is what the network knows at ``t_i`` without the observation there
 (the state used to predict ``x_i``); a series with nothing observed at ``t_i``
-keeps ``h_i = h_i^-``, so the state still moves with elapsed time.
+keeps ``h_i = h_i^-``, so the state still moves with elapsed time. Before its
+first observation a series stays at ``h_0``.
 """
 
 from __future__ import annotations
@@ -53,15 +54,20 @@ class TimeGapGRU(nn.Module):
         order = range(len(times) - 1, -1, -1) if reverse else range(len(times))
         before: list[torch.Tensor] = [None] * len(times)  # type: ignore[list-item]
         after: list[torch.Tensor] = [None] * len(times)  # type: ignore[list-item]
+        start = h
+        started = torch.zeros_like(observed[:, 0])
         previous = None
         for i in order:
             gap = (times[i] - times[previous]).abs() if previous is not None else times[i] * 0
             gap = gap.expand(batch, 1)
             blank = torch.cat([torch.zeros_like(x[:, i]), torch.zeros_like(x[:, i]), gap], -1)
-            h_before = self.cell(blank, h) if previous is not None else h
+            h_before = (
+                torch.where(started, self.cell(blank, h), start) if previous is not None else h
+            )
             update = self.cell(torch.cat([x[:, i], mask[:, i], gap], -1), h)
             h = torch.where(observed[:, i], update, h_before)
             before[i] = h_before
             after[i] = h
+            started = started | observed[:, i]
             previous = i
         return RecurrentStates(torch.stack(before, 1), torch.stack(after, 1), h)

@@ -29,6 +29,7 @@ from neurode.nn import (
 
 F64 = torch.float64
 TIGHT = dict(rtol=1e-10, atol=1e-12)
+GRADIENTS = ["direct", "backsolve", "checkpoint", "reversible", "forward"]
 
 
 class LinearField(nn.Module):
@@ -123,7 +124,7 @@ def _central_difference(loss_fn, tensor: torch.Tensor, index, eps: float = 1e-6)
     return (plus - minus) / (2 * eps)
 
 
-@pytest.mark.parametrize("gradient", ["direct", "backsolve"])
+@pytest.mark.parametrize("gradient", GRADIENTS)
 def test_odeblock_gradients_match_finite_differences(gradient):
     torch.manual_seed(0)
     dynamics = MLPDynamics(2, hidden=8, depth=1, activation="tanh").to(F64)

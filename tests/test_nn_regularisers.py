@@ -24,6 +24,7 @@ from neurode.nn import ODEBlock, RegularisedDynamics, regularised_solve, sample_
 
 F64 = torch.float64
 TIGHT = dict(rtol=1e-10, atol=1e-12)
+GRADIENTS = ["direct", "backsolve", "checkpoint", "reversible", "forward"]
 
 
 class LinearField(nn.Module):
@@ -255,7 +256,7 @@ def test_hutchinson_estimate_is_unbiased_with_the_right_variance(noise):
 
 
 # -------------------------------------------------------------------------------- gradients
-@pytest.mark.parametrize("gradient", ["direct", "backsolve"])
+@pytest.mark.parametrize("gradient", GRADIENTS)
 def test_regularisation_loss_gradient_matches_finite_differences(gradient):
     field = TanhField(n=2, seed=5)
     h0 = _rows(3, 2, 6)

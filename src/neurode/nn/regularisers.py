@@ -64,6 +64,43 @@ def _per_sample_zeros(h: Tensor) -> Tensor:
     return h.new_zeros(shape)
 
 
+def _inside_functorch_transform() -> bool:
+    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+    return peek is None or peek() is not None
+
+
+def _value_and_vjp(
+    function: Callable[[Tensor], Tensor], h: Tensor, cotangent: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(function(h), cotangentᵀ ∂function/∂h)``, differentiable when the caller records a graph.
+
+    Works under an outer ``no_grad`` (a solve whose gradient comes later), keeps
+    the graph for direct backprop and for the vector-Jacobian products of an
+    adjoint, and inside the functorch transforms of forward-mode sensitivities
+    (through ``torch.func.vjp``, which costs more per call than plain autograd).
+    """
+    if _inside_functorch_transform():
+        value, vjp_fn = torch.func.vjp(function, h)
+        (vjp,) = vjp_fn(cotangent.to(value.dtype))
+        return value, vjp
+    keep_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        h_in = h if h.requires_grad else h.detach().requires_grad_(True)
+        value = function(h_in)
+        (vjp,) = torch.autograd.grad(
+            value,
+            h_in,
+            grad_outputs=cotangent.to(value.dtype),
+            create_graph=keep_graph,
+            allow_unused=True,
+        )
+    if vjp is None:  # the function does not depend on h
+        vjp = torch.zeros_like(h)
+    if not keep_graph:
+        value, vjp = value.detach(), vjp.detach()
+    return value, vjp
+
+
 def sample_probe(
     like: Tensor, kind: str = "gaussian", generator: torch.Generator | None = None
 ) -> Tensor:
@@ -185,28 +222,11 @@ class RegularisedDynamics(nn.Module):
                 f"The Hutchinson probe has shape {tuple(noise.shape)} but the state has shape "
                 f"{tuple(h.shape)}; call resample_noise(h0) or set_noise(...) before solving."
             )
-        # The penalty must stay differentiable whenever the caller records a graph
-        # (direct backprop, or the backward pass of an adjoint); a solve run under
-        # no_grad only needs the value.
-        keep_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            h_in = h if h.requires_grad else h.detach().requires_grad_(True)
-            f = self.dynamics(t, h_in)
-            (vjp,) = torch.autograd.grad(
-                f, h_in, grad_outputs=noise.to(f.dtype), create_graph=keep_graph, allow_unused=True
-            )
-        if vjp is None:  # f does not depend on h: J = 0
-            vjp = torch.zeros_like(h)
+        f, vjp = _value_and_vjp(lambda state: self.dynamics(t, state), h, noise)
         kinetic_rate = (
             _per_sample_squared_norm(f) if self.kinetic else torch.zeros_like(kinetic_acc)
         )
         jacobian_rate = _per_sample_squared_norm(vjp)
-        if not keep_graph:
-            f, kinetic_rate, jacobian_rate = (
-                f.detach(),
-                kinetic_rate.detach(),
-                jacobian_rate.detach(),
-            )
         return f, kinetic_rate.to(kinetic_acc.dtype), jacobian_rate.to(jacobian_acc.dtype)
 
 

@@ -14,6 +14,7 @@ import torch
 
 from . import gradients
 from . import integrate_multistep as _adams_methods  # noqa: F401  (registers the Adams family)
+from . import scipy_solver as _scipy_method  # noqa: F401  (registers scipy_solver)
 from .errors import (
     InvalidTimesError,
     InvalidToleranceError,

@@ -24,6 +24,7 @@ from .errors import (
     UnknownOptionError,
 )
 from .integrate import Callbacks
+from .integrate_per_sample import BATCH_MODES, solve_per_sample
 from .methods import build_method, method_names
 from .problem import ODEProblem
 from .solution import Solution
@@ -222,6 +223,7 @@ def solve(
     gradient_options: dict[str, Any] | None = None,
     params: Sequence[torch.Tensor] | None = None,
     dense: bool = False,
+    batch: str = "joint",
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and save at every ``t``.
 
@@ -239,6 +241,9 @@ def solve(
         params: tensors whose gradients are needed, for gradient methods that solve
             for them (default: ``func.parameters()`` if ``func`` is a module).
         dense: keep the dense output so that ``Solution.evaluate`` works.
+        batch: ``"joint"`` (the batch is one system, as in torchdiffeq) or
+            ``"per_sample"`` (each row of ``y0`` is its own problem with its own
+            steps; ``t`` may then be ``(B, T)``; see :mod:`neurode.integrate_per_sample`).
 
     Returns:
         a :class:`~neurode.solution.Solution`.
@@ -248,6 +253,21 @@ def solve(
         raise UnknownMethodError(
             f"unknown gradient method {gradient!r}; choose one of: {', '.join(available)}"
         )
+    if batch == "per_sample":
+        return solve_per_sample(
+            func,
+            y0,
+            t,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            gradient=gradient,
+            options=options,
+            gradient_options=gradient_options,
+            dense=dense,
+        )
+    if batch != "joint":
+        raise UnknownOptionError(f"batch must be one of {', '.join(BATCH_MODES)}, got {batch!r}")
     prepared = _Prepared(func, y0, t, rtol, atol, method, options)
     if params is None:
         params = tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ()

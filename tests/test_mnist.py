@@ -64,7 +64,7 @@ def _run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 def _tiny_run(out: Path, *extra: str) -> list[str]:
     """A few iterations of the cheapest ODE model: RK-Net with one RK4 step."""
     return [
-        "--model", "rknet", "--steps", "1", "--subset", "128", "--test-subset", "50",
+        "--model", "rknet", "--steps", "1", "--subset", "64", "--test-subset", "50",
         "--batch-size", "32", "--epochs", "2", "--data-dir", str(MNIST_DIR),
         "--no-download", "--no-progress", "--out", str(out), *extra,
     ]  # fmt: skip
@@ -327,13 +327,13 @@ def test_amp_autocasts_stem_and_head_but_never_the_ode_block():
 def test_a_few_adjoint_training_iterations_reduce_the_loss():
     """The paper's ODE-Net (dopri5, tol 1e-3, adjoint) learns a fixed batch."""
     torch.manual_seed(0)
-    data = MNIST("train", MNIST_DIR, subset=32, download=False)
-    images = torch.stack([data[i][0] for i in range(32)])
-    labels = torch.tensor([data[i][1] for i in range(32)])
+    data = MNIST("train", MNIST_DIR, subset=16, download=False)
+    images = torch.stack([data[i][0] for i in range(16)])
+    labels = torch.tensor([data[i][1] for i in range(16)])
     model = ODENet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     losses = []
-    for _ in range(6):
+    for _ in range(8):
         optimizer.zero_grad()
         loss = F.cross_entropy(model(images), labels)
         loss.backward()
@@ -342,7 +342,31 @@ def test_a_few_adjoint_training_iterations_reduce_the_loss():
         assert model.nfe_forward > 0 and model.nfe_backward > 0
     with torch.no_grad():
         final = F.cross_entropy(model(images), labels).item()
-    assert final < 0.7 * losses[0]
+    assert final < losses[0] - 0.2
+
+
+def _adjoint_vs_direct_gradient_error(tolerance: float) -> float:
+    torch.manual_seed(0)
+    settings = dict(channels=16, rtol=tolerance, atol=tolerance)
+    adjoint = ODENet(gradient="backsolve", **settings).double()
+    direct = ODENet(gradient="direct", **settings).double()
+    direct.load_state_dict(adjoint.state_dict())
+    x = torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    y = torch.tensor([3, 7])
+    gradients = []
+    for model in (adjoint, direct):
+        F.cross_entropy(model(x), y).backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert adjoint.nfe_backward > 0 and direct.nfe_backward == 0
+    return ((gradients[0] - gradients[1]).norm() / gradients[1].norm()).item()
+
+
+def test_odenet_adjoint_gradient_converges_to_direct_backprop():
+    """Both gradients tend to the exact one as the tolerance shrinks (slowly: ReLU and GN
+    make the dynamics only piecewise smooth), so their gap shrinks with it."""
+    loose, tight = _adjoint_vs_direct_gradient_error(1e-5), _adjoint_vs_direct_gradient_error(1e-6)
+    assert tight < loose / 2
+    assert tight < 0.03
 
 
 # --------------------------------------------------------------------------- schedules
@@ -408,7 +432,7 @@ def test_training_writes_checkpoint_metrics_and_plot(tmp_path, capsys):
     for record in metrics["epochs"]:
         assert record["nfe_forward"] == 4.0  # one RK4 step: four evaluations per iteration
         assert record["nfe_backward"] == 0.0  # direct backprop evaluates nothing again
-        assert record["iterations"] == 4  # 128 images in batches of 32
+        assert record["iterations"] == 2  # 64 images in batches of 32
     assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     weights = torch.load(out / "weights.pt", weights_only=True)
     assert all(torch.equal(weights[k], v) for k, v in checkpoint["model"].items())
@@ -432,16 +456,17 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, capsys):
 
 @needs_mnist
 def test_evaluate_reports_the_error_of_the_saved_weights(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert _run_cli(_tiny_run(out), capsys)[0] == 0
+    weights = tmp_path / "weights.pt"
+    torch.manual_seed(3)
+    torch.save(RKNet(steps=1).state_dict(), weights)
     code, stdout, _ = _run_cli(
-        ["--model", "rknet", "--steps", "1", "--evaluate", str(out / "weights.pt"),
+        ["--model", "rknet", "--steps", "1", "--evaluate", str(weights),
          "--test-subset", "200", "--data-dir", str(MNIST_DIR), "--no-download"],
         capsys,
     )  # fmt: skip
     assert code == 0
     model = build_model(_parse(["--model", "rknet", "--steps", "1"]))
-    model.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
+    model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval()
     images, labels = load_mnist("test", MNIST_DIR, download=False)
     with torch.no_grad():
@@ -527,7 +552,7 @@ def test_two_process_ddp_keeps_ranks_identical_and_learns(tmp_path):
     out = tmp_path / "run"
     argv = [
         "--model", "rknet", "--steps", "2", "--subset", "256", "--test-subset", "100",
-        "--batch-size", "32", "--epochs", "2", "--lr", "0.05", "--device", "cpu",
+        "--batch-size", "32", "--epochs", "1", "--lr", "0.1", "--device", "cpu",
         "--data-dir", str(MNIST_DIR), "--no-download", "--no-progress", "--out", str(out),
     ]  # fmt: skip
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -548,7 +573,7 @@ def test_two_process_ddp_keeps_ranks_identical_and_learns(tmp_path):
     for record in metrics["epochs"]:
         assert record["iterations"] == 4  # 256 images / 2 ranks / batch 32
         assert record["nfe_forward"] == 8.0  # per rank and iteration: 2 RK4 steps, not summed
-    assert result.stdout.count("epoch 2/2") == 1  # only rank 0 logs
+    assert result.stdout.count("epoch 1/1") == 1  # only rank 0 logs
 
     args = _parse(argv)
     torch.manual_seed(args.seed)
@@ -561,4 +586,4 @@ def test_two_process_ddp_keeps_ranks_identical_and_learns(tmp_path):
     with torch.no_grad():
         before = F.cross_entropy(initial(images), labels).item()
         after = F.cross_entropy(trained(images), labels).item()
-    assert after < before - 0.05
+    assert after < before - 0.03

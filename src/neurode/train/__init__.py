@@ -20,6 +20,7 @@ from .loop import (
     TrainingDivergedError,
     TrainResult,
     fit,
+    learning_rate,
 )
 from .progress import ProgressBar
 from .trajectories import (
@@ -29,6 +30,7 @@ from .trajectories import (
     estimate_unobserved,
     finite_difference_slope,
     predict,
+    rollout_mse,
     squared_error,
 )
 
@@ -49,9 +51,11 @@ __all__ = [
     "estimate_unobserved",
     "finite_difference_slope",
     "fit",
+    "learning_rate",
     "load_checkpoint",
     "predict",
     "restore_rng_state",
+    "rollout_mse",
     "save_checkpoint",
     "squared_error",
 ]

@@ -149,9 +149,12 @@ class History:
     Epoch entries: mean training loss over the epoch's steps, validation loss
     (None without validation), and the forward and backward NFE summed over
     the epoch. Step entries: loss and NFE of each optimisation step.
+    ``initial_validation_loss`` holds the validation loss of the parameters
+    before the first epoch (empty without validation).
     """
 
     loss: list[float] = field(default_factory=list)
+    initial_validation_loss: list[float] = field(default_factory=list)
     validation_loss: list[float | None] = field(default_factory=list)
     nfe_forward: list[int] = field(default_factory=list)
     nfe_backward: list[int] = field(default_factory=list)
@@ -173,7 +176,11 @@ class History:
 
 @dataclass
 class TrainResult:
-    """The outcome of :func:`fit`."""
+    """The outcome of :func:`fit`.
+
+    ``best_epoch`` is 0-based; -1 means the parameters the run started from
+    (possible only with a validation function).
+    """
 
     history: History
     best_epoch: int
@@ -192,32 +199,46 @@ def fit(
     config: TrainConfig,
     *,
     validation: Callable[[nn.Module], float] | None = None,
+    lr_scales: Mapping[str, float] | None = None,
     resume: bool = False,
 ) -> TrainResult:
     """Train ``model``'s parameters with Adam on ``objective``.
 
     Each epoch visits the ``n_items`` items once, in a random order, in
     mini-batches of ``config.batch_size``. ``validation(model)`` (optional) is
-    called after every epoch under ``torch.no_grad()``; early stopping and
-    ``restore_best`` then monitor it instead of the training loss.
+    called before the first epoch and after every epoch, under
+    ``torch.no_grad()``; early stopping and ``restore_best`` then monitor it
+    instead of the training loss, and the starting parameters count as a
+    candidate, so ``restore_best`` never returns a model worse than the one
+    it was given. (Without validation the monitored training loss of an epoch
+    is averaged over its steps while the parameters moved, so ``restore_best``
+    is only approximate.)
+
+    ``lr_scales`` maps parameter names (as in ``model.named_parameters()``) to
+    multipliers of the learning rate: physical constants learned through a
+    logarithm, for instance, move by a relative ``lr`` per step and often
+    want a larger one than network weights.
 
     With ``resume=True`` training continues from ``config.checkpoint_path``
     (which must exist) up to ``config.epochs`` epochs in total.
     """
     if not isinstance(n_items, int) or n_items < 1:
         raise NeurodeInputError(f"n_items must be a positive integer, got {n_items!r}")
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if not parameters:
-        raise NeurodeInputError("the model has no trainable parameters")
     if resume and config.checkpoint_path is None:
         raise NeurodeInputError("resume=True needs config.checkpoint_path")
-
-    optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(
+        _parameter_groups(model, lr_scales or {}), lr=config.lr, weight_decay=config.weight_decay
+    )
     generator = torch.Generator().manual_seed(config.seed)
     stopper = EarlyStopping(config.patience, config.min_delta)
     history = History()
     if resume:
         _restore(config, model, optimizer, generator, stopper, history)
+
+    if validation is not None and not resume:
+        initial = _validate(validation, model)
+        history.initial_validation_loss.append(initial)
+        stopper.update(-1, initial, model)
 
     batch_size = config.batch_size or n_items
     steps_per_epoch = math.ceil(n_items / batch_size)
@@ -235,13 +256,7 @@ def fit(
                 epoch, model, objective, n_items, batch_size, optimizer, generator, config,
                 history, progress,
             )  # fmt: skip
-            validation_loss = None
-            if validation is not None:
-                was_training = model.training
-                model.eval()
-                with torch.no_grad():
-                    validation_loss = float(validation(model))
-                model.train(was_training)
+            validation_loss = None if validation is None else _validate(validation, model)
             history.validation_loss.append(validation_loss)
             monitored = history.loss[-1] if validation_loss is None else validation_loss
             stop = stopper.update(epoch, monitored, model)
@@ -261,6 +276,16 @@ def fit(
     )
 
 
+def _validate(validation: Callable[[nn.Module], float], model: nn.Module) -> float:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return float(validation(model))
+    finally:
+        model.train(was_training)
+
+
 def _run_epoch(
     epoch: int,
     model: nn.Module,
@@ -275,7 +300,7 @@ def _run_epoch(
 ) -> None:
     model.train()
     for group in optimizer.param_groups:
-        group["lr"] = learning_rate(config, epoch)
+        group["lr"] = learning_rate(config, epoch) * group["lr_scale"]
     order = torch.randperm(n_items, generator=generator)
     losses: list[float] = []
     nfe_forward = nfe_backward = 0
@@ -308,6 +333,23 @@ def _run_epoch(
     history.loss.append(sum(losses) / len(losses))
     history.nfe_forward.append(nfe_forward)
     history.nfe_backward.append(nfe_backward)
+
+
+def _parameter_groups(model: nn.Module, lr_scales: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Trainable parameters grouped by learning-rate multiplier (in order of first appearance)."""
+    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if not named:
+        raise NeurodeInputError("the model has no trainable parameters")
+    unknown = sorted(set(lr_scales) - set(named))
+    if unknown:
+        raise NeurodeInputError(f"lr_scales names unknown parameters: {', '.join(unknown)}")
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, parameter in named.items():
+        scale = float(lr_scales.get(name, 1.0))
+        if not (math.isfinite(scale) and scale > 0):
+            raise NeurodeInputError(f"lr_scales[{name!r}] must be positive, got {scale}")
+        groups.setdefault(scale, []).append(parameter)
+    return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
 
 
 def _settings(config: TrainConfig) -> dict[str, Any]:

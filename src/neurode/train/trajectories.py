@@ -51,6 +51,7 @@ __all__ = [
     "estimate_unobserved",
     "finite_difference_slope",
     "predict",
+    "rollout_mse",
     "squared_error",
 ]
 
@@ -135,27 +136,40 @@ class Trajectories:
     def unobserved(self) -> tuple[int, ...]:
         return tuple(k for k in range(self.state_dim) if k not in self.observed)
 
-    def window(self, start: float | None = None, end: float | None = None) -> Trajectories:
+    def window(
+        self,
+        start: float | Sequence[float] | None = None,
+        end: float | Sequence[float] | None = None,
+    ) -> Trajectories:
         """The observations with ``start <= t < end`` (either bound may be omitted).
 
-        Every trajectory must keep at least two points, so that indices of
-        trajectories (and of their learned initial values) are unchanged.
+        A bound is one time for every trajectory or a sequence of one per
+        trajectory. Every trajectory must keep at least two points, so that
+        indices of trajectories (and of their learned initial values) are
+        unchanged.
         """
         times, values = [], []
         for i, (t, y) in enumerate(zip(self.times, self.values, strict=True)):
-            keep = torch.ones_like(t, dtype=torch.bool)
-            if start is not None:
-                keep &= t >= start
-            if end is not None:
-                keep &= t < end
+            keep = _in_window(t, _bound(start, i), _bound(end, i))
             if int(keep.sum()) < 2:
                 raise NeurodeInputError(
-                    f"trajectory {i} has {int(keep.sum())} point(s) in [{start}, {end}); "
-                    "a window needs at least 2 per trajectory"
+                    f"trajectory {i} has {int(keep.sum())} point(s) in "
+                    f"[{_bound(start, i)}, {_bound(end, i)}); a window needs at least 2"
                 )
             times.append(t[keep])
             values.append(y[keep])
         return Trajectories(tuple(times), tuple(values), self.observed, self.state_dim)
+
+    def head(self, n_points: int) -> Trajectories:
+        """The first ``n_points`` observations (>= 2) of every trajectory (all if fewer)."""
+        if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 2:
+            raise NeurodeInputError(f"n_points must be an integer >= 2, got {n_points!r}")
+        return Trajectories(
+            tuple(t[:n_points] for t in self.times),
+            tuple(y[:n_points] for y in self.values),
+            self.observed,
+            self.state_dim,
+        )
 
     def select(self, indices: Sequence[int]) -> Trajectories:
         """The trajectories ``indices``, in that order."""
@@ -179,6 +193,21 @@ class Trajectories:
     def first_values(self, indices: Sequence[int]) -> Tensor:
         """The first observation of each trajectory, ``(len(indices), len(observed))``."""
         return torch.stack([self.values[int(i)][0] for i in indices])
+
+
+def _bound(bound: float | Sequence[float] | None, index: int) -> float | None:
+    if bound is None or isinstance(bound, int | float):
+        return bound
+    return float(bound[index])
+
+
+def _in_window(t: Tensor, start: float | None, end: float | None) -> Tensor:
+    keep = torch.ones_like(t, dtype=torch.bool)
+    if start is not None:
+        keep &= t >= start
+    if end is not None:
+        keep &= t < end
+    return keep
 
 
 def finite_difference_slope(t: Tensor, y: Tensor) -> Tensor:
@@ -333,21 +362,37 @@ class TrajectoryObjective:
         data: the training trajectories (the model's ``data``).
         segment_points: ``None`` for whole trajectories, else the number of
             observations per segment (>= 2); needs every component observed.
+        segments_per_step: segments drawn per trajectory and step. Their
+            start indices are stratified: the possible starts are cut into
+            this many equal ranges and one start is drawn from each, so a
+            step covers the whole trajectory.
+        autonomous: the dynamics ignore ``t``. Segments whose time offsets
+            from their start agree (any segments of a uniform grid) are then
+            shifted to a common start and solved in one batched solve;
+            otherwise each segment start is its own solve.
 
     Called as ``objective(indices, generator)`` by :func:`neurode.train.fit`.
     The regulariser of the model's solves, if any, is added to the loss.
     """
 
     def __init__(
-        self, model: TrajectoryModel, data: Trajectories, *, segment_points: int | None = None
+        self,
+        model: TrajectoryModel,
+        data: Trajectories,
+        *,
+        segment_points: int | None = None,
+        segments_per_step: int = 1,
+        autonomous: bool = False,
     ):
+        for name, value, minimum in (
+            ("segment_points", segment_points, 2),
+            ("segments_per_step", segments_per_step, 1),
+        ):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise NeurodeInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
         if segment_points is not None:
-            if isinstance(segment_points, bool) or not isinstance(segment_points, int):
-                raise NeurodeInputError(
-                    f"segment_points must be an integer, got {segment_points!r}"
-                )
-            if segment_points < 2:
-                raise NeurodeInputError(f"segment_points must be >= 2, got {segment_points}")
             if not data.fully_observed:
                 raise NeurodeInputError(
                     "segments start from an observed state, so they need every component "
@@ -362,35 +407,74 @@ class TrajectoryObjective:
         self.model = model
         self.data = data
         self.segment_points = segment_points
-
-    def __call__(self, indices: Tensor, generator: torch.Generator) -> StepOutput:
-        squared, count = 0.0, 0
-        regulariser = 0.0
-        stats = []
-        batch = [int(i) for i in indices]
-        for times, members in self.data.time_groups(batch):
-            if self.segment_points is None:
-                start, stop = 0, times.numel()
-                y0 = self.model.initial_state(self.data, members)
-            else:
-                high = times.numel() - self.segment_points + 1
-                start = int(torch.randint(0, high, (), generator=generator))
-                stop = start + self.segment_points
-                y0 = torch.stack([self.data.values[i][start] for i in members])
-            ys = self.model(y0, times[start:stop])
-            stats.append(self.model.stats)
-            prediction = ys[1:, :, list(self.observed)].transpose(0, 1)
-            target = torch.stack([self.data.values[i][start + 1 : stop] for i in members])
-            squared = squared + (prediction - target).pow(2).sum()
-            count += target.numel()
-            if self.model.regularisation_loss is not None:
-                regulariser = regulariser + self.model.regularisation_loss * len(members)
-        loss = squared / count + regulariser / len(batch)
-        return StepOutput(loss=loss, stats=stats)
+        self.segments_per_step = segments_per_step
+        self.autonomous = bool(autonomous)
 
     @property
     def observed(self) -> tuple[int, ...]:
         return self.data.observed
+
+    def __call__(self, indices: Tensor, generator: torch.Generator) -> StepOutput:
+        self._squared: Tensor | float = 0.0
+        self._count = 0
+        self._regulariser: Tensor | float = 0.0
+        self._stats: list[dict] = []
+        batch = [int(i) for i in indices]
+        for times, members in self.data.time_groups(batch):
+            if self.segment_points is None:
+                y0 = self.model.initial_state(self.data, members)
+                self._solve(y0, times, [(members, 0)])
+            else:
+                self._segments(times, members, generator)
+        loss = self._squared / self._count + self._regulariser / self._count
+        return StepOutput(loss=loss, stats=self._stats)
+
+    def _segments(self, times: Tensor, members: list[int], generator: torch.Generator) -> None:
+        length = self.segment_points
+        starts = self._segment_starts(times.numel() - length + 1, generator)
+        y0 = lambda start: torch.stack([self.data.values[i][start] for i in members])
+        if self.autonomous:
+            offsets = times[starts[0] : starts[0] + length] - times[starts[0]]
+            if all(
+                torch.allclose(times[s : s + length] - times[s], offsets, rtol=1e-9, atol=1e-12)
+                for s in starts[1:]
+            ):
+                self._solve(
+                    torch.cat([y0(s) for s in starts]), offsets, [(members, s) for s in starts]
+                )
+                return
+        for s in starts:
+            self._solve(y0(s), times[s : s + length], [(members, s)])
+
+    def _segment_starts(self, high: int, generator: torch.Generator) -> list[int]:
+        strata = min(self.segments_per_step, high)
+        edges = [round(k * high / strata) for k in range(strata + 1)]
+        draws = torch.rand(strata, generator=generator, dtype=torch.float64).tolist()
+        return [
+            lo + min(int(u * (hi - lo)), hi - lo - 1)
+            for lo, hi, u in zip(edges, edges[1:], draws, strict=False)
+        ]
+
+    def _solve(self, y0: Tensor, t: Tensor, blocks: list[tuple[list[int], int]]) -> None:
+        """Solve from ``y0`` (the blocks' initial states, stacked) and add the blocks' errors.
+
+        Block ``(members, start)`` is the trajectories ``members`` solved from
+        their observation ``start`` over ``len(t)`` observations.
+        """
+        ys = self.model(y0, t)
+        self._stats.append(self.model.stats)
+        prediction = ys[1:, :, list(self.observed)].transpose(0, 1)
+        target = torch.cat(
+            [
+                torch.stack([self.data.values[i][start + 1 : start + len(t)] for i in members])
+                for members, start in blocks
+            ]
+        )
+        self._squared = self._squared + (prediction - target).pow(2).sum()
+        self._count += target.numel()
+        if self.model.regularisation_loss is not None:
+            # The regulariser is a mean over the solve's batch; weight it like its errors.
+            self._regulariser = self._regulariser + self.model.regularisation_loss * target.numel()
 
 
 @torch.no_grad()
@@ -413,33 +497,36 @@ def predict(
     return rollouts, stats
 
 
+def rollout_mse(model: TrajectoryModel, data: Trajectories, *, learned: bool = True) -> float:
+    """Mean squared error of whole-trajectory rollouts over every observation of ``data``."""
+    rollouts, _ = predict(model, data, learned=learned)
+    total, count = squared_error(rollouts, data)
+    return total / count
+
+
 def squared_error(
     rollouts: Sequence[Tensor],
     data: Trajectories,
     *,
     component: int | None = None,
-    start: float | None = None,
-    end: float | None = None,
+    start: float | Sequence[float] | None = None,
+    end: float | Sequence[float] | None = None,
 ) -> tuple[float, int]:
     """Sum of squared errors of rollouts against the observations, and their count.
 
     Restricted to one state ``component`` (default: every observed one) and to
-    observations with ``start <= t < end``.
+    observations with ``start <= t < end`` (bounds as in :meth:`Trajectories.window`).
     """
     columns = list(range(len(data.observed)))
     if component is not None:
         if component not in data.observed:
             raise NeurodeInputError(f"component {component} is not observed")
         columns = [data.observed.index(component)]
+    state_columns = [data.observed[c] for c in columns]
     total, count = 0.0, 0
-    for rollout, t, y in zip(rollouts, data.times, data.values, strict=True):
-        keep = torch.ones_like(t, dtype=torch.bool)
-        if start is not None:
-            keep &= t >= start
-        if end is not None:
-            keep &= t < end
-        prediction = rollout[keep][:, [data.observed[c] for c in columns]]
-        error = prediction - y[keep][:, columns]
+    for i, (rollout, t, y) in enumerate(zip(rollouts, data.times, data.values, strict=True)):
+        keep = _in_window(t, _bound(start, i), _bound(end, i))
+        error = rollout[keep][:, state_columns] - y[keep][:, columns]
         total += float(error.pow(2).sum())
         count += error.numel()
     return total, count

@@ -1,0 +1,791 @@
+r"""``neurode pendulum``: learn a damped pendulum from angle measurements.
+
+Data: simulated noisy trajectories of :math:`\ddot\theta = -\mu\dot\theta -
+(g/L)\sin\theta` (default; :math:`\mu = 0.15`, :math:`g/L = 4`, 20 s sampled
+at 100 points, both :math:`\theta` and :math:`\omega` observed, a quarter as
+many held-out trajectories again), or the user's own ``--data FILE.csv``
+(columns ``t,theta`` and an optional ``trajectory`` id; see
+:mod:`neurode.data.csv`). The first ``--train-fraction`` of each trajectory's
+time span is the training window; the rest is the extrapolation window.
+
+Models, all first-order ODEs on the state :math:`(\theta, \omega)`:
+
+* ``blackbox``: an MLP vector field (2 hidden layers of 64, tanh);
+* ``hybrid``: known gravity :math:`-(g/L)\sin\theta` with learnable
+  :math:`g/L`, plus friction learned by a small network
+  (:class:`neurode.models.hybrid.HybridODE`);
+* ``physics``: the pendulum equation with learnable :math:`\mu` and :math:`g/L`
+  (:class:`neurode.models.hybrid.PendulumPhysics`).
+
+When only :math:`\theta` is measured (CSV), each training trajectory's
+:math:`\omega_0` is a learnable parameter started from a finite-difference
+slope of the first three angles; held-out trajectories use that slope.
+
+Training, per model, in two stages with Adam and a cosine learning rate:
+
+1. three quarters of the epochs on short problems, which keep the loss of an
+   oscillator free of the local minima of long rollouts: segments of 12
+   observations started from the observed state (multiple-shooting style), or,
+   when :math:`\omega` is unobserved, the first third of each training
+   trajectory; mini-batches of 4 trajectories;
+2. the rest on whole training-window trajectories (all at once), which use
+   every observation in one rollout and pin the constants down; early stopping
+   keeps the best epoch.
+
+Written to ``--out``: ``metrics.json`` (settings, metrics, per-epoch loss and
+NFE), ``trajectories.png``, ``phase_portrait.png``, ``training.png`` and the
+checkpoints that ``--resume`` continues from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..api import method_names
+from ..errors import NeurodeInputError, SolverError
+from ..gradients import names as gradient_names
+from ..train.checkpoint import CheckpointError
+from ..train.loop import TrainConfig, TrainingDivergedError, TrainResult, fit
+from ..train.trajectories import (
+    Trajectories,
+    TrajectoryModel,
+    TrajectoryObjective,
+    predict,
+    rollout_mse,
+    squared_error,
+)
+
+__all__ = ["add_parser", "run"]
+
+MODELS = ("blackbox", "hybrid", "physics")
+_SEGMENT_POINTS = 12
+_SEGMENTS_PER_STEP = 4
+_SHORT_STAGE_FRACTION = 0.75
+_SHORT_STAGE_BATCH = 16
+_WHOLE_STAGE_PATIENCE = 10
+_WHOLE_STAGE_LR_FACTOR = 0.2
+# Physical constants are learned through logarithms (relative steps of about
+# lr each), and need relative changes of order one from an uninformed start.
+_CONSTANT_LR_SCALE = 10.0
+_CONSTANT_NAMES = ("log_g_over_l", "raw_mu")
+_SIMULATED_POINTS = 100
+_SIMULATED_SPAN = 20.0
+_DENSE_POINTS = 400
+
+
+class PendulumArgumentError(NeurodeInputError):
+    """An option of ``neurode pendulum`` is out of range or inconsistent."""
+
+
+# ----------------------------------------------------------------------------- arguments
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "pendulum",
+        help="learn a damped pendulum: black-box neural ODE vs physics-prior hybrid",
+        description="Learn the dynamics of a damped pendulum from angle measurements with a "
+        "black-box neural ODE, a physics-prior hybrid and a pure parameter fit; compare their "
+        "fits, extrapolation and recovered constants.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="FILE.csv",
+        help="angle measurements with columns t,theta and optional trajectory "
+        "(default: simulated data)",
+    )
+    data.add_argument(
+        "--n-trajectories",
+        type=int,
+        default=None,
+        help="simulated training trajectories (default 16); a quarter as many more are held out",
+    )
+    data.add_argument(
+        "--noise",
+        type=float,
+        default=None,
+        help="standard deviation of the simulated observation noise, in rad and rad/s "
+        "(default 0.02)",
+    )
+    data.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.5,
+        help="fraction of each trajectory's time span used for training; the rest "
+        "measures extrapolation",
+    )
+    data.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
+
+    training = parser.add_argument_group("training")
+    training.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help=f"comma-separated models to train, from {', '.join(MODELS)}",
+    )
+    training.add_argument("--epochs", type=int, default=150, help="training epochs per model")
+    training.add_argument(
+        "--lr", type=float, default=0.01, help="initial Adam learning rate (cosine-decayed)"
+    )
+
+    solver = parser.add_argument_group("solver")
+    solver.add_argument("--method", default="dopri5", help="ODE solver")
+    solver.add_argument(
+        "--gradient",
+        default="direct",
+        help="gradient method: direct, backsolve, checkpoint, reversible, forward, ...",
+    )
+    solver.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance")
+    solver.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance")
+
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--out", type=Path, default=Path("runs/pendulum"), help="directory for results"
+    )
+    output.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from the checkpoints in --out (same settings)",
+    )
+    output.add_argument("--no-plots", action="store_true", help="do not write PNG figures")
+    output.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run)
+    return parser
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """Validated options; everything that must match for ``--resume``."""
+
+    data: str | None
+    n_trajectories: int
+    noise: float
+    train_fraction: float
+    seed: int
+    models: tuple[str, ...]
+    epochs: int
+    lr: float
+    method: str
+    gradient: str
+    rtol: float
+    atol: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def _positive(name: str, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise PendulumArgumentError(f"{name} must be a positive number, got {value}")
+    return value
+
+
+def _validate(args: argparse.Namespace) -> _Settings:
+    if args.data is not None:
+        for option, value in (("--noise", args.noise), ("--n-trajectories", args.n_trajectories)):
+            if value is not None:
+                raise PendulumArgumentError(
+                    f"{option} describes simulated data; it cannot be combined with --data"
+                )
+        if not args.data.exists():
+            raise PendulumArgumentError(f"--data: no such file: {args.data}")
+        if not args.data.is_file():
+            raise PendulumArgumentError(f"--data: {args.data} is not a file")
+    n_trajectories = 16 if args.n_trajectories is None else args.n_trajectories
+    if n_trajectories < 1:
+        raise PendulumArgumentError(f"--n-trajectories must be at least 1, got {n_trajectories}")
+    noise = 0.02 if args.noise is None else args.noise
+    if not (math.isfinite(noise) and noise >= 0):
+        raise PendulumArgumentError(f"--noise must be a finite number >= 0, got {noise}")
+    if not 0.05 <= args.train_fraction <= 0.95:
+        raise PendulumArgumentError(
+            f"--train-fraction must lie in [0.05, 0.95], got {args.train_fraction}"
+        )
+    if args.seed < 0:
+        raise PendulumArgumentError(f"--seed must be >= 0, got {args.seed}")
+    models = tuple(name.strip() for name in args.models.split(",") if name.strip())
+    unknown = [name for name in models if name not in MODELS]
+    if not models or unknown or len(set(models)) != len(models):
+        raise PendulumArgumentError(
+            f"--models must list distinct names from {', '.join(MODELS)}; got {args.models!r}"
+        )
+    if args.epochs < 1:
+        raise PendulumArgumentError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.method not in method_names():
+        raise PendulumArgumentError(
+            f"--method {args.method!r} is not a solver; choose from {', '.join(method_names())}"
+        )
+    if args.gradient not in gradient_names():
+        raise PendulumArgumentError(
+            f"--gradient {args.gradient!r} is not a gradient method; "
+            f"choose from {', '.join(gradient_names())}"
+        )
+    return _Settings(
+        data=None if args.data is None else str(args.data),
+        n_trajectories=n_trajectories,
+        noise=noise,
+        train_fraction=args.train_fraction,
+        seed=args.seed,
+        models=models,
+        epochs=args.epochs,
+        lr=_positive("--lr", args.lr),
+        method=args.method,
+        gradient=args.gradient,
+        rtol=_positive("--rtol", args.rtol),
+        atol=_positive("--atol", args.atol),
+    )
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class _Experiment:
+    """Training and held-out trajectories, the split times, and what is known of the truth."""
+
+    train: Trajectories
+    heldout: Trajectories | None
+    train_split: list[float]
+    heldout_split: list[float]
+    source: str
+    true_mu: float | None = None
+    true_g_over_l: float | None = None
+    noise: float | None = None
+    truth: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    clean_train: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def _simulated_experiment(settings: _Settings) -> _Experiment:
+    from ..data import PendulumParams, make_pendulum_dataset, pendulum_vector_field
+
+    n_heldout = max(1, settings.n_trajectories // 4)
+    dataset = make_pendulum_dataset(
+        settings.n_trajectories + n_heldout,
+        t_end=_SIMULATED_SPAN,
+        n_points=_SIMULATED_POINTS,
+        noise_std=settings.noise,
+        train_fraction=settings.train_fraction,
+        seed=settings.seed,
+    )
+    everything = Trajectories.from_tensors(dataset.times, dataset.noisy)
+    train_ids = range(settings.n_trajectories)
+    heldout_ids = range(settings.n_trajectories, settings.n_trajectories + n_heldout)
+    params: PendulumParams = dataset.params
+
+    def truth(theta: np.ndarray, omega: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rates = pendulum_vector_field(params, torch.as_tensor(theta), torch.as_tensor(omega))
+        return tuple(rate.numpy() for rate in rates)
+
+    return _Experiment(
+        train=everything.select(train_ids),
+        heldout=everything.select(heldout_ids),
+        train_split=[dataset.t_split] * settings.n_trajectories,
+        heldout_split=[dataset.t_split] * n_heldout,
+        source=f"simulated ({settings.n_trajectories} + {n_heldout} held-out trajectories)",
+        true_mu=params.mu,
+        true_g_over_l=params.g_over_l,
+        noise=settings.noise,
+        truth=truth,
+        clean_train=[(dataset.times, dataset.clean[i, :, 0]) for i in train_ids],
+    )
+
+
+def _csv_experiment(settings: _Settings) -> _Experiment:
+    from ..data import load_pendulum_csv
+
+    measurements = load_pendulum_csv(settings.data)
+    data = Trajectories(
+        times=measurements.times,
+        values=tuple(theta.unsqueeze(-1) for theta in measurements.theta),
+        observed=(0,),
+        state_dim=2,
+    )
+    splits = [float(t[0] + settings.train_fraction * (t[-1] - t[0])) for t in measurements.times]
+    for trajectory, t, split in zip(
+        measurements.trajectory_ids, measurements.times, splits, strict=True
+    ):
+        if int((t < split).sum()) < 3:
+            raise PendulumArgumentError(
+                f"{settings.data}: trajectory {trajectory} has fewer than 3 points in its "
+                f"training window (t < {split:g}); raise --train-fraction or add points"
+            )
+    n = len(data)
+    n_heldout = n // 4 if n >= 4 else 0
+    train_ids = list(range(n - n_heldout))
+    heldout_ids = list(range(n - n_heldout, n))
+    return _Experiment(
+        train=data.select(train_ids),
+        heldout=data.select(heldout_ids) if heldout_ids else None,
+        train_split=[splits[i] for i in train_ids],
+        heldout_split=[splits[i] for i in heldout_ids],
+        source=f"{settings.data} ({len(train_ids)} + {n_heldout} held-out trajectories, "
+        "theta only)",
+    )
+
+
+# ----------------------------------------------------------------------------- models
+def _build_dynamics(name: str, seed: int) -> nn.Module:
+    from ..models.hybrid import HybridODE, PendulumPhysics
+    from ..nn import MLPDynamics
+
+    torch.manual_seed(seed)
+    if name == "blackbox":
+        return MLPDynamics(2, hidden=64, depth=2, activation="tanh").to(torch.float64)
+    if name == "hybrid":
+        return HybridODE(g_over_l=1.0, hidden=16, depth=1)
+    return PendulumPhysics(g_over_l=1.0, mu=0.1)
+
+
+@dataclass
+class _Fit:
+    name: str
+    model: TrajectoryModel
+    results: list[TrainResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def history(self) -> dict[str, list]:
+        merged: dict[str, list] = {}
+        for result in self.results:
+            for key, values in result.history.state_dict().items():
+                merged.setdefault(key, []).extend(values)
+        return merged
+
+
+def _stages(settings: _Settings, train: Trajectories) -> list[tuple[str, Trajectories, dict]]:
+    """The two training stages: (name, data, objective and config keywords)."""
+    short_epochs = max(1, round(_SHORT_STAGE_FRACTION * settings.epochs))
+    whole_epochs = settings.epochs - short_epochs
+    if train.fully_observed:
+        short = ("segments", train, {"segment_points": min(_SEGMENT_POINTS, _shortest(train))})
+    else:
+        head = max(3, _shortest(train) // 3)
+        short = ("prefix", train.head(head), {"segment_points": None})
+    stages = [
+        (
+            *short[:2],
+            {
+                **short[2],
+                "epochs": short_epochs,
+                "lr": settings.lr,
+                "lr_final": settings.lr / 10,
+                "batch_size": _SHORT_STAGE_BATCH,
+            },
+        )
+    ]
+    if whole_epochs:
+        stages.append(
+            (
+                "whole",
+                train,
+                {
+                    "segment_points": None,
+                    "epochs": whole_epochs,
+                    "lr": settings.lr * _WHOLE_STAGE_LR_FACTOR,
+                    "lr_final": settings.lr * _WHOLE_STAGE_LR_FACTOR / 10,
+                    "batch_size": None,
+                    "patience": _WHOLE_STAGE_PATIENCE,
+                    "restore_best": True,
+                },
+            )
+        )
+    return stages
+
+
+def _shortest(data: Trajectories) -> int:
+    return min(t.numel() for t in data.times)
+
+
+def _train_model(
+    name: str, index: int, settings: _Settings, experiment: _Experiment, out: Path, args
+) -> _Fit:
+    dynamics = _build_dynamics(name, settings.seed * 1000 + index)
+    train = experiment.train.window(end=experiment.train_split)
+    model = TrajectoryModel(
+        dynamics,
+        train,
+        method=settings.method,
+        rtol=settings.rtol,
+        atol=settings.atol,
+        gradient=settings.gradient,
+    )
+    fitted = _Fit(name, model)
+    started = time.perf_counter()
+    for stage, data, keywords in _stages(settings, train):
+        segment_points = keywords.pop("segment_points")
+        # Every model here is autonomous, so segments of the uniform grid share one solve.
+        objective = TrajectoryObjective(
+            model,
+            data,
+            segment_points=segment_points,
+            segments_per_step=_SEGMENTS_PER_STEP,
+            autonomous=True,
+        )
+        checkpoint = out / "checkpoints" / f"{name}-{stage}.pt"
+        config = TrainConfig(
+            **keywords,
+            seed=settings.seed,
+            checkpoint_path=checkpoint,
+            progress=not args.quiet,
+            description=f"{name} ({stage})",
+        )
+        lr_scales = {
+            name: _CONSTANT_LR_SCALE
+            for name, _ in model.named_parameters()
+            if name.rsplit(".", 1)[-1] in _CONSTANT_NAMES
+        }
+        # Whole-trajectory stages are judged on the parameters they end with.
+        validation = (
+            (lambda m, d=data: rollout_mse(m, d))
+            if segment_points is None and stage == "whole"
+            else None
+        )
+        result = fit(
+            model,
+            objective,
+            len(data),
+            config,
+            validation=validation,
+            lr_scales=lr_scales,
+            resume=checkpoint.exists(),
+        )
+        fitted.results.append(result)
+    fitted.seconds = time.perf_counter() - started
+    return fitted
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _mse(rollouts, data: Trajectories, **window) -> float | None:
+    total, count = squared_error(rollouts, data, component=0, **window)
+    return total / count if count else None
+
+
+def _evaluate(fitted: _Fit, experiment: _Experiment) -> dict[str, Any]:
+    model = fitted.model
+    rollouts, _ = predict(model, experiment.train)
+    metrics: dict[str, Any] = {
+        "train_mse": _mse(rollouts, experiment.train, end=experiment.train_split),
+        "extrapolation_mse": _mse(rollouts, experiment.train, start=experiment.train_split),
+        "heldout_mse": None,
+        "heldout_extrapolation_mse": None,
+    }
+    if experiment.heldout is not None:
+        heldout_rollouts, _ = predict(model, experiment.heldout, learned=False)
+        metrics["heldout_mse"] = _mse(
+            heldout_rollouts, experiment.heldout, end=experiment.heldout_split
+        )
+        metrics["heldout_extrapolation_mse"] = _mse(
+            heldout_rollouts, experiment.heldout, start=experiment.heldout_split
+        )
+    dynamics = model.dynamics
+    metrics["g_over_l"] = (
+        float(dynamics.g_over_l.detach()) if hasattr(dynamics, "g_over_l") else None
+    )
+    if fitted.name == "physics":
+        metrics["mu"] = float(dynamics.mu.detach())
+    elif fitted.name == "hybrid":
+        # The learned friction is read off where the model was trained: the
+        # training-window states of its own rollouts (omega may be unobserved).
+        states = torch.cat(
+            [
+                r[t < s]
+                for r, t, s in zip(
+                    rollouts, experiment.train.times, experiment.train_split, strict=True
+                )
+            ]
+        )
+        metrics["mu"] = float(dynamics.friction_coefficient(states))
+    else:
+        metrics["mu"] = None
+    history = fitted.history()
+    metrics.update(
+        epochs=len(history["loss"]),
+        final_loss=history["loss"][-1],
+        nfe_forward=int(sum(history["nfe_forward"])),
+        nfe_backward=int(sum(history["nfe_backward"])),
+        nfe_forward_last_epoch=int(history["nfe_forward"][-1]),
+        seconds=round(fitted.seconds, 2),
+        stopped_early=any(result.stopped_early for result in fitted.results),
+    )
+    return metrics
+
+
+def _baselines(experiment: _Experiment) -> dict[str, dict[str, float | None]]:
+    """Extrapolation MSE of naive predictors of the angle beyond the training window."""
+    data, splits = experiment.train, experiment.train_split
+    last_value, rest = [], []
+    for t, y, split in zip(data.times, data.values, splits, strict=True):
+        theta = y[:, 0]
+        before, after = theta[t < split], theta[t >= split]
+        last_value.append((after - before[-1]).pow(2))
+        rest.append(after.pow(2))
+    mean = lambda errors: (
+        float(torch.cat(errors).mean()) if sum(e.numel() for e in errors) else None
+    )
+    return {
+        "last_value": {"extrapolation_mse": mean(last_value)},
+        "rest": {"extrapolation_mse": mean(rest)},
+    }
+
+
+def _truth_metrics(experiment: _Experiment) -> dict[str, Any] | None:
+    if experiment.clean_train is None:
+        return None
+    clean = [
+        torch.stack([theta, torch.zeros_like(theta)], dim=-1) for _, theta in experiment.clean_train
+    ]
+    return {
+        "train_mse": _mse(clean, experiment.train, end=experiment.train_split),
+        "extrapolation_mse": _mse(clean, experiment.train, start=experiment.train_split),
+        "mu": experiment.true_mu,
+        "g_over_l": experiment.true_g_over_l,
+    }
+
+
+# ----------------------------------------------------------------------------- report
+def _number(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return f"{value:.{digits + 1}g}"
+    return f"{value:.{digits - 1}e}"
+
+
+def _summary_table(
+    metrics: dict[str, dict[str, Any]],
+    truth: dict[str, Any] | None,
+    baselines: dict[str, dict[str, float | None]],
+) -> str:
+    header = (
+        "model",
+        "train MSE",
+        "held-out MSE",
+        "extrap. MSE",
+        "mu",
+        "g/L",
+        "NFE fwd",
+        "NFE bwd",
+        "time s",
+    )
+    rows = []
+    for name, m in metrics.items():
+        rows.append(
+            (
+                name,
+                _number(m["train_mse"]),
+                _number(m["heldout_mse"]),
+                _number(m["extrapolation_mse"]),
+                _number(m["mu"], 4),
+                _number(m["g_over_l"], 4),
+                str(m["nfe_forward"]),
+                str(m["nfe_backward"]),
+                f"{m['seconds']:.1f}",
+            )
+        )
+    if truth is not None:
+        rows.append(
+            (
+                "truth",
+                _number(truth["train_mse"]),
+                "—",
+                _number(truth["extrapolation_mse"]),
+                _number(truth["mu"], 4),
+                _number(truth["g_over_l"], 4),
+                "—",
+                "—",
+                "—",
+            )
+        )
+    for name, label in (("last_value", "last value"), ("rest", "rest (theta=0)")):
+        rows.append((label, "—", "—", _number(baselines[name]["extrapolation_mse"]), *("—",) * 5))
+    widths = [max(len(row[k]) for row in (header, *rows)) for k in range(len(header))]
+    line = lambda row: (
+        "| "
+        + " | ".join(
+            cell.ljust(width) if k == 0 else cell.rjust(width)
+            for k, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        + " |"
+    )
+    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
+    return "\n".join([line(header), rule, *map(line, rows)])
+
+
+# ----------------------------------------------------------------------------- plots
+def _field_of(model: TrajectoryModel):
+    def field(theta: np.ndarray, omega: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        states = torch.stack(
+            [
+                torch.as_tensor(theta, dtype=torch.float64),
+                torch.as_tensor(omega, dtype=torch.float64),
+            ],
+            dim=-1,
+        )
+        with torch.no_grad():
+            rates = model.dynamics(torch.zeros((), dtype=torch.float64), states.reshape(-1, 2))
+        rates = rates.reshape(states.shape).numpy()
+        return rates[..., 0], rates[..., 1]
+
+    return field
+
+
+def _write_plots(out: Path, fits: list[_Fit], experiment: _Experiment) -> list[Path]:
+    from ..plot import plot_phase_portrait, plot_training_history, plot_trajectories
+
+    train = experiment.train
+    shown = min(4, len(train))
+    observations = [(train.times[i], train.values[i][:, 0]) for i in range(shown)]
+    predictions = {}
+    phase_states = []
+    for fitted in fits:
+        curves = []
+        y0 = fitted.model.initial_state(train, range(shown))
+        with torch.no_grad():
+            for i in range(shown):
+                t = train.times[i]
+                dense = torch.linspace(float(t[0]), float(t[-1]), _DENSE_POINTS, dtype=t.dtype)
+                ys = fitted.model(y0[i : i + 1], dense)[:, 0]
+                curves.append((dense, ys[:, 0]))
+                if fitted is fits[0]:
+                    phase_states.append(ys)
+        predictions[fitted.name] = curves
+    if train.fully_observed:
+        phase_states = list(train.values)
+    paths = [
+        plot_trajectories(
+            out / "trajectories.png",
+            observations,
+            predictions,
+            t_split=experiment.train_split[0] if len(set(experiment.train_split)) == 1 else None,
+            truth=experiment.clean_train[:shown] if experiment.clean_train else None,
+        )
+    ]
+    extent_theta = max(float(s[:, 0].abs().max()) for s in phase_states) * 1.15
+    extent_omega = max(float(s[:, 1].abs().max()) for s in phase_states) * 1.15
+    paths.append(
+        plot_phase_portrait(
+            out / "phase_portrait.png",
+            {fitted.name: _field_of(fitted.model) for fitted in fits},
+            reference=experiment.truth,
+            trajectories=phase_states,
+            theta_range=(-extent_theta, extent_theta),
+            omega_range=(-extent_omega, extent_omega),
+        )
+    )
+    paths.append(
+        plot_training_history(
+            out / "training.png", {fitted.name: fitted.history() for fitted in fits}
+        )
+    )
+    return paths
+
+
+# ----------------------------------------------------------------------------- files
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    """Write JSON atomically: a temporary file in the same directory, then ``os.replace``."""
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(content, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _prepare_output(out: Path, settings: _Settings, resume: bool) -> None:
+    checkpoints = out / "checkpoints"
+    run_file = checkpoints / "run.json"
+    if resume:
+        if not run_file.is_file():
+            raise CheckpointError(f"--resume: no checkpoints in {checkpoints}")
+        saved = json.loads(run_file.read_text(encoding="utf-8"))
+        changed = sorted(
+            k
+            for k in saved.keys() | settings.as_dict().keys()
+            if saved.get(k) != settings.as_dict().get(k)
+        )
+        if changed:
+            details = ", ".join(
+                f"{k}={saved.get(k)!r} (now {settings.as_dict().get(k)!r})" for k in changed
+            )
+            raise CheckpointError(
+                f"--resume: {checkpoints} was written with other settings: {details}"
+            )
+        return
+    if checkpoints.exists():
+        shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True)
+    _write_json(run_file, settings.as_dict())
+
+
+# ----------------------------------------------------------------------------- command
+def run(args: argparse.Namespace) -> int:
+    settings = _validate(args)
+    experiment = _csv_experiment(settings) if settings.data else _simulated_experiment(settings)
+    out: Path = args.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PendulumArgumentError(f"--out: cannot create {out}: {error.strerror}") from None
+    _prepare_output(out, settings, args.resume)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+
+    print(f"data: {experiment.source}", flush=True)
+    fits = []
+    try:
+        for index, name in enumerate(settings.models):
+            fits.append(_train_model(name, index, settings, experiment, out, args))
+    except (SolverError, TrainingDivergedError) as error:
+        print(f"neurode pendulum: training failed: {error}", file=sys.stderr)
+        return 1
+
+    metrics = {fitted.name: _evaluate(fitted, experiment) for fitted in fits}
+    truth = _truth_metrics(experiment)
+    baselines = _baselines(experiment)
+    print(_summary_table(metrics, truth, baselines))
+    print(
+        "MSE of theta (rad^2): train = training window, held-out = new trajectories in the "
+        "training window, extrap. = training trajectories beyond it"
+        + (f"; noise variance {experiment.noise**2:.3g}" if experiment.noise is not None else "")
+    )
+
+    written = []
+    if not args.no_plots:
+        try:
+            written = _write_plots(out, fits, experiment)
+        except ImportError as error:
+            print(f"neurode pendulum: plots skipped: {error}", file=sys.stderr)
+    _write_json(
+        out / "metrics.json",
+        {
+            "settings": settings.as_dict(),
+            "data": experiment.source,
+            "models": metrics,
+            "truth": truth,
+            "baselines": baselines,
+            "history": {fitted.name: fitted.history() for fitted in fits},
+        },
+    )
+    print(f"wrote {out / 'metrics.json'}" + "".join(f", {path.name}" for path in written))
+    return 0

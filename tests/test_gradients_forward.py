@@ -255,3 +255,13 @@ def test_sensitivities_default_to_module_parameters_and_return_plain_tensors():
     assert all(torch.equal(d[0], torch.zeros_like(d[0])) for d in dy_dparams)
     with pytest.raises(NeurodeInputError):
         sensitivities(func, _Y0_2, [0.0, 0.5], params=[1.0])
+
+
+def test_dense_output_is_the_plain_solves():
+    func = _MLP()
+    t = torch.tensor([0.0, 1.0], dtype=DTYPE)
+    plain = neurode.solve(func, _Y0_2, t, rtol=1e-8, atol=1e-10, dense=True)
+    y0 = _Y0_2.clone().requires_grad_(True)
+    solution = neurode.solve(func, y0, t, rtol=1e-8, atol=1e-10, gradient="forward", dense=True)
+    for s in (0.1, 0.45, 0.99):
+        assert torch.allclose(solution.evaluate(s), plain.evaluate(s), rtol=0, atol=1e-14)

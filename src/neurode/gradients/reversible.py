@@ -59,6 +59,7 @@ Oscillatory and growing modes are stable whenever the base method is. When
 
 from __future__ import annotations
 
+import bisect
 import math
 import warnings
 from dataclasses import dataclass
@@ -192,15 +193,16 @@ def _grid_from_user(
 
 def _merge_save_times(grid: list[float], t_solver: list[float]) -> list[float]:
     """The grid with every save time added; grid points a hair away from a save time go."""
-    span = max(abs(t_solver[-1] - t_solver[0]), 1e-300)
-    tolerance = 1e-10 * span
+    tolerance = 1e-10 * max(abs(t_solver[-1] - t_solver[0]), 1e-300)
     saves = sorted(set(t_solver))
     merged = set(saves)
     for point in grid:
-        if saves[0] < point < saves[-1]:
-            index = min(range(len(saves)), key=lambda i: abs(saves[i] - point))
-            if abs(saves[index] - point) > tolerance:
-                merged.add(point)
+        if not saves[0] < point < saves[-1]:
+            continue
+        index = bisect.bisect_left(saves, point)
+        nearest = min(abs(saves[index] - point), abs(point - saves[index - 1]))
+        if nearest > tolerance:
+            merged.add(point)
     return sorted(merged)
 
 

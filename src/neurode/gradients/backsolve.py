@@ -143,6 +143,11 @@ class _AugmentedDynamics:
         self.time_grad = time_grad
         self.rho = 1.0 if problem.reversed else -1.0
         self.dtype = problem.state_dtype
+        self.cast = any(p.dtype != self.dtype for p in params)
+        self.n, self.shape = layout.n, layout.state_shape
+        # What an unused input (or the time, when its gradient is not needed) contributes.
+        sizes = [layout.n, *layout.param_numels, 1]
+        self.zeros = [torch.zeros(k, dtype=self.dtype, device=problem.device) for k in sizes]
 
     def user_time(self, tau: float, perturb: int = 0) -> torch.Tensor:
         t = self.problem.time_tensor(-tau)
@@ -151,32 +156,33 @@ class _AugmentedDynamics:
         return t
 
     def __call__(self, tau: float, x: torch.Tensor, perturb: int = 0) -> torch.Tensor:
-        layout = self.layout
+        n, shape = self.n, self.shape
         t = self.user_time(tau, perturb)
-        a = layout.a(x)
+        a = x[n : 2 * n].view(shape)
         # dx/dτ = ρ [f, -a^T ∂f/∂z, -a^T ∂f/∂θ, -a^T ∂f/∂t]: one vjp with cotangent -ρ a.
         cotangent = a if self.rho < 0 else -a
         with torch.enable_grad():
-            z = layout.z(x).detach().requires_grad_(True)
+            z = x[:n].view(shape).detach().requires_grad_(True)
             if self.time_grad:
-                t = t.requires_grad_(True)
+                t.requires_grad_(True)
                 inputs = (z, *self.params, t)
             else:
                 inputs = (z, *self.params)
             f = self.problem.call_user(t, z)
             if f.requires_grad:
-                vjps = torch.autograd.grad(
-                    f, inputs, cotangent, allow_unused=True, materialize_grads=True
-                )
+                vjps = torch.autograd.grad(f, inputs, cotangent, allow_unused=True)
             else:
-                vjps = [torch.zeros_like(v) for v in inputs]
-        pieces = [f.detach().reshape(-1)]
-        pieces += [v.reshape(-1).to(self.dtype) for v in vjps]
+                vjps = (None,) * len(inputs)
+        if self.cast:
+            vjps = [None if v is None else v.to(self.dtype) for v in vjps]
+        pieces = [f.reshape(-1)]
+        for v, zero in zip(vjps, self.zeros):
+            pieces.append(zero if v is None else v.reshape(-1))
         if not self.time_grad:
-            pieces.append(x.new_zeros(1))
+            pieces.append(self.zeros[-1])
         out = torch.cat(pieces)
         if self.rho < 0:
-            out[: layout.n].neg_()
+            out[:n].neg_()
         return out
 
 

@@ -103,10 +103,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=0.2,
         help="pendulum: probability that an observed value is missing (per feature)",
     )
-    parser.add_argument("--epochs", type=int, default=40, help="passes over the training series")
-    parser.add_argument("--train-size", type=int, default=300, help="training series")
+    parser.add_argument("--epochs", type=int, default=60, help="passes over the training series")
+    parser.add_argument("--train-size", type=int, default=500, help="training series")
     parser.add_argument("--test-size", type=int, default=100, help="test series")
-    parser.add_argument("--batch-size", type=int, default=50, help="series per iteration")
+    parser.add_argument("--batch-size", type=int, default=100, help="series per iteration")
     parser.add_argument(
         "--lr", type=float, default=1e-2, help="initial Adam learning rate (decays 10x)"
     )
@@ -248,22 +248,28 @@ def _pendulum_task(args: argparse.Namespace, n_obs: int) -> _Task:
 
 def _build_model(name: str, args: argparse.Namespace, task: _Task) -> nn.Module:
     dim = task.clean.shape[-1]
-    encoder = ODERNN(dim, args.hidden, method=args.encoder_method, dynamics_width=args.width)
-    if name == "latent_ode":
+    if name == "rnn":
+        model: nn.Module = SequencePredictor(
+            TimeGapGRU(dim, args.hidden), dim, decoder_width=args.width
+        )
+        return model.to(task.clean.dtype)
+    ode_rnn = ODERNN(dim, args.hidden, method=args.encoder_method, dynamics_width=args.width)
+    if name == "ode_rnn":
+        model = SequencePredictor(ode_rnn, dim, decoder_width=args.width)
+    else:
         obs_std = args.obs_std if args.obs_std is not None else max(task.noise_std, 1e-2)
-        return LatentODE(
+        model = LatentODE(
             dim,
             args.latent_dim,
-            encoder=encoder,
+            encoder=ode_rnn,
             dynamics_width=args.width,
             decoder_width=args.width,
             obs_std=obs_std,
             method=args.method,
             rtol=args.tol,
             atol=args.tol / 10,
-        ).to(task.clean.dtype)
-    recurrent = encoder if name == "ode_rnn" else TimeGapGRU(dim, args.hidden)
-    return SequencePredictor(recurrent, dim, decoder_width=args.width).to(task.clean.dtype)
+        )
+    return model.to(task.clean.dtype)
 
 
 def _observed_window(task: _Task, index: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -249,7 +249,8 @@ class CNF(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``n`` samples ``(n, d)``; with ``return_log_prob`` also their log-density ``(n,)``.
 
-        The log-density is carried along the forward solve from ``log p_0(z0)``.
+        The log-density is carried along the forward solve from ``log p_0(z0)``,
+        with the exact trace unless ``trace="hutchinson"``.
         """
         if not isinstance(n, int) or n < 1:
             raise NeurodeInputError(f"n must be a positive integer, got {n!r}")

@@ -7,30 +7,19 @@ For ``f: R^d -> R^d`` evaluated on a batch, with ``J = ∂f/∂z``:
   (standard Gaussian or Rademacher ±1), one vector-Jacobian product in all.
 
 The same product ``εᵀ J`` also estimates ``‖J‖_F² = E‖εᵀ J‖²``, the Jacobian
-regulariser of RNODE.
+regulariser of RNODE. Probes come from :func:`neurode.nn.regularisers.sample_probe`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..errors import NeurodeInputError
+from ..nn.regularisers import NOISE_KINDS, sample_probe
 
-PROBE_DISTRIBUTIONS = ("gaussian", "rademacher")
+__all__ = ["PROBE_DISTRIBUTIONS", "exact_divergence", "hutchinson_divergence", "sample_probe"]
 
-
-def sample_probe(
-    like: torch.Tensor, distribution: str = "rademacher", generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Noise shaped like ``like`` with zero mean and identity covariance."""
-    if distribution == "gaussian":
-        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
-    if distribution == "rademacher":
-        bits = torch.randint(0, 2, like.shape, generator=generator, device=like.device)
-        return (2 * bits - 1).to(like.dtype)
-    raise NeurodeInputError(
-        f"unknown probe distribution {distribution!r}; choose from {PROBE_DISTRIBUTIONS}"
-    )
+PROBE_DISTRIBUTIONS = NOISE_KINDS
+"""Hutchinson probe distributions accepted by :func:`sample_probe`."""
 
 
 def exact_divergence(

@@ -51,6 +51,8 @@ def check_series(
     if not isinstance(values, torch.Tensor) or values.ndim != 3:
         shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values)
         raise ShapeMismatchError(f"values must have shape (batch, time, features), got {shape}")
+    if not torch.is_floating_point(values):
+        raise NeurodeInputError(f"values must be floating point, got {values.dtype}")
     if values.shape[1] != times.shape[0]:
         raise ShapeMismatchError(
             f"values has {values.shape[1]} time points but times has {times.shape[0]}"

@@ -19,7 +19,13 @@ Steps land on every save time. Fixed steps come from a fixed-step method's grid
 ``gradient_options={"step_size": h}`` / ``{"grid": times}`` with any tableau;
 otherwise the base method's embedded pair chooses the steps (both base steps of
 a reversible step must pass the error test) and the accepted step times are
-kept — O(steps) floats — so that backward replays them.
+kept — O(steps) floats — so that backward replays them. ``step_t`` and
+``jump_t`` times become step boundaries (without one-sided evaluations).
+
+Gradients reach ``y0``, the times ``t`` (through ``f`` at the save times, as for
+``"direct"``) and the tensors in ``params`` (by default the parameters of
+``func`` when it is an ``nn.Module``); other tensors that ``func`` closes over
+get none, since the forward solve keeps no graph.
 
 ``gradient_options``:
 
@@ -36,24 +42,26 @@ per step and the backward reconstruction by ``|R(h a)| / λ``
 
 - decaying modes with ``|R(h a)| < λ`` — roughly ``h·|Re a| > 1 − λ`` — grow it
   in the forward solve. With the default ``λ = 0.999`` this happens as soon as
-  ``h·|Re a| > 0.001``: fine over spans of a few ``1/|Re a|`` (the typical
+  ``h·|Re a| > 0.001``: harmless over spans of a few ``1/|Re a|`` (the typical
   neural ODE), wrong over long spans of strongly damped dynamics (``y' = −y``
-  on ``[0, 10]`` with dopri5 steps of 0.1 ends 60% off). A
+  on ``[0, 10]`` with dopri5 steps of 0.1 ends about 60% off). A
   :class:`ReversibleInstabilityWarning` says when ``y`` and ``z`` have drifted
   apart. The cure is ``λ ≈ exp(−h·a_fast)`` for the fastest decay rate
-  ``a_fast`` (``coupling_rate=a_fast`` does this for any step sizes), or
-  smaller steps;
-- modes that decay slower than ``λ`` per step grow in the reconstruction, by
-  ``|R(h a)|/λ`` per step, which amplifies rounding;
+  ``a_fast``: ``coupling_rate=a_fast`` does this for any step sizes;
+- the reconstruction runs the dynamics backwards, so rounding in the final
+  pair grows back by up to the total decay of the solution over the span;
   ``stats["reconstruction_error"]`` (the distance of the reconstructed start
-  from the true one, set by backward) measures it. With decay rates spread over
-  ``[a_slow, a_fast]`` and ``λ = exp(−h·a_fast)`` the gradient loses about
-  ``exp((a_fast − a_slow)·T)`` machine epsilons — still a factor ``rtol/ε``
-  better than the backsolve adjoint, whose re-integrated state loses
-  ``exp((a_fast − a_slow)·T)`` times its tolerance.
+  from the true one, set by backward) measures it, and a small ``λ`` over many
+  steps adds up to ``1/λ`` per step.
 
-Oscillatory and growing modes are stable whenever the base method is. When
-``exp((a_fast − a_slow)·T)`` approaches ``1/ε``, no coupling helps: use
+Measured (float64, dopri5 at rtol 1e-8, ``coupling_rate`` = the fastest decay
+rate; relative gradient error against a tight direct reference): a rotation
+decaying at rate 5 stays near 1e-8 up to a total decay of ``e^{−40}`` and
+reaches 1e-4 at ``e^{−50}``; decay rates 1 and 21 on ``[0, 1]`` give 3e-10
+where the backsolve adjoint gives 1e-3; rates 1 and 11 on ``[0, 3]`` with four
+save times give 4e-6 where backsolve, restarted at each save time, gives 7e-8.
+Oscillatory and growing modes are stable whenever the base method is. For
+dynamics that decay by more than about ``e^{−40}`` over the span, use
 ``gradient="checkpoint"`` or ``"direct"``.
 """
 

@@ -34,8 +34,9 @@ The two eigenvalues are therefore ``μ₁ ≈ R(x) ≈ e^x`` (the solution) and
   (``λ = 1`` leaves it undamped, the weakness of earlier reversible schemes);
 - a decaying mode with ``|μ₁| < λ`` — roughly ``h·|Re a| > −log λ ≈ 1 − λ`` —
   makes the parasitic mode grow by ``λ/|μ₁|`` per step in the forward solve;
-- the backward reconstruction runs ``M⁻¹``, whose parasitic eigenvalue is
-  ``μ₁ / λ``: rounding errors grow by up to ``1/λ`` per reconstructed step.
+- the backward reconstruction runs ``M⁻¹``, with eigenvalues ``1/μ₁`` and
+  ``μ₁/λ``: rounding in the final pair grows back as much as the solution
+  decayed, and its parasitic part by up to ``1/λ`` per reconstructed step.
 
 So ``λ`` trades forward stability on strongly damped modes (smaller ``λ``, or
 smaller steps) against reconstruction accuracy over many steps (``λ`` close to

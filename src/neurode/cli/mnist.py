@@ -546,12 +546,13 @@ def _train_epoch(
             context,
         )
         totals += step
-        progress.update(
-            loss=float(step[0] / step[2]),
-            acc=float(step[1] / step[2]),
-            nfe_f=float(step[3] / context.world_size),
-            nfe_b=float(step[4] / context.world_size),
-        )
+        shown = {"loss": float(step[0] / step[2]), "acc": float(step[1] / step[2])}
+        if isinstance(inner, ODENet | RKNet):
+            shown.update(
+                nfe_f=float(step[3] / context.world_size),
+                nfe_b=float(step[4] / context.world_size),
+            )
+        progress.update(**shown)
     loss_sum, correct, count, nfe_f, nfe_b, iterations = totals.tolist()
     # ``iterations`` was summed over ranks too, so these are means per rank and iteration.
     return {
@@ -576,6 +577,8 @@ def train(
     test_set = MNIST("test", args.data_dir, subset=args.test_subset, download=download)
     model = build_model(args)
     parameters = _parameter_count(model)
+    # Same initial weights everywhere, but each rank its own augmentation randomness.
+    _seed_everything(args.seed + 7919 * context.rank + 1)
     parallel_model = wrap_model(model, context)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=args.lr, momentum=_MOMENTUM, weight_decay=args.weight_decay

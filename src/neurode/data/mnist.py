@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import struct
 import tempfile
-import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,7 +128,7 @@ def _download(
                 continue
             os.replace(temporary, target)
             return target
-        except (urllib.error.URLError, OSError, ValueError):
+        except (OSError, ValueError, http.client.HTTPException):  # URLError is an OSError
             continue
         finally:
             if os.path.exists(temporary):

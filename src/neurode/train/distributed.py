@@ -28,7 +28,9 @@ rendezvous endpoint, a ``host:port`` reachable from every machine)::
         -m neurode mnist --model odenet ...
 
 The per-process batch size is the command's ``--batch-size``; the global batch
-is that times the number of processes.
+is that times the number of processes. Rank 0 writes the checkpoint; with
+``--resume`` every process reads it, so on several machines ``--out`` must be
+on a file system they share (or the checkpoint copied to each).
 """
 
 from __future__ import annotations

@@ -280,7 +280,7 @@ def check_gradients(
         grads = torch.autograd.grad(value, [*inputs, *params], allow_unused=True)
         flat = torch.cat(
             [
-                (torch.zeros_like(x) if g is None else g).reshape(-1).to(torch.float64)
+                (torch.zeros_like(x) if g is None else g).reshape(-1).to("cpu", torch.float64)
                 for x, g in zip([*inputs, *params], grads)
             ]
         )
@@ -375,12 +375,12 @@ def _central_difference(run, loss_fn, members, params, direction, eps, tolerance
         for sign in (1.0, -1.0):
             pieces = torch.split(direction, [x.numel() for x in (*members, *params)])
             shifted = [
-                (m.detach() + sign * eps * piece.view(m.shape).to(m.dtype)).clone()
+                (m.detach() + sign * eps * piece.view(m.shape).to(m)).clone()
                 for m, piece in zip(members, pieces)
             ]
             with torch.no_grad():
                 for p, original, piece in zip(params, originals, pieces[len(members) :]):
-                    p.copy_(original + sign * eps * piece.view(p.shape).to(p.dtype))
+                    p.copy_(original + sign * eps * piece.view(p.shape).to(p))
                 solution = run("direct", tolerances, shifted, grad=False)
                 values.append(float(loss_fn(solution.ys)))
     finally:

@@ -357,6 +357,39 @@ def test_fixed_grid_backsolve_steps_the_reversed_forward_grid():
     assert [dt for _, dt in steps] == pytest.approx([0.25, 0.25, 0.15, 0.1, 0.25])
 
 
+def test_backsolve_through_adams_keeps_the_forward_step_size():
+    # Adams integrators keep their options (the step size) in their own closure; the
+    # backward solve must use them too, else it steps once per save interval.
+    func = TimeMLP(seed=13)
+    y0 = _random((3, 2), 30)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+
+    def loss(ys):
+        return (ys**2).sum()
+
+    reference = _grads(func, y0, t, "checkpoint", loss, **TIGHT)
+    got = _grads(
+        func, y0, t, "backsolve", loss, method="implicit_adams", options=dict(step_size=0.01)
+    )
+    assert got[3].stats["nfe_backward"] > 100
+    assert _rel(got[0], reference[0]) < 1e-6
+    for g, r in zip(got[2], reference[2]):
+        assert _rel(g, r) < 1e-6
+
+
+def test_checkpoint_rejects_integrators_it_cannot_replay():
+    func = TimeMLP()
+    with pytest.raises(UnknownMethodError):
+        neurode.solve(
+            func,
+            torch.ones(2, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            method="explicit_adams",
+            gradient="checkpoint",
+        )
+    assert func.calls == 0
+
+
 # ------------------------------------------------------------------ the instability
 def test_backsolve_diverges_on_a_stiff_linear_system_while_checkpoint_stays_exact():
     # Modes e^{-0.5 t} and e^{-30 t}: integrating the state backwards over [0, 2]

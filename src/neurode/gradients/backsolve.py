@@ -359,6 +359,10 @@ class _Backsolve:
             spec.adaptive.norm = self._norm(norm, y0)
         elif norm is not None and not (norm == "seminorm" or callable(norm)):
             raise UnknownOptionError(f"adjoint norm must be 'seminorm' or a callable, got {norm!r}")
+        if spec.kind == "custom" and self.inherit and forward.name == name:
+            # Integrators outside the Runge–Kutta family keep their options in their
+            # own closure (step size, grid): reuse it, as torchdiffeq reuses `options`.
+            spec = forward
         self.spec = spec
         self.forward_grid: list[float] | None = None
         if spec.kind == "fixed" and self.inherit and forward.kind == "fixed":

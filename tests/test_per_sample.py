@@ -15,6 +15,8 @@ from neurode.errors import (
     InvalidTimesError,
     InvalidToleranceError,
     MaxStepsExceededError,
+    NonFiniteStateError,
+    StepSizeTooSmallError,
     StructureMismatchError,
     UnknownMethodError,
     UnknownOptionError,
@@ -283,3 +285,28 @@ def test_max_num_steps_names_the_row():
             options=dict(max_num_steps=20),
             batch="per_sample",
         )
+
+
+def test_a_row_that_blows_up_is_named():
+    # y' = y² from y(0) = 1 blows up at t = 1; the row from 0.1 would be fine until t = 10.
+    with pytest.raises(StepSizeTooSmallError, match="row 1") as raised:
+        neurode.solve(
+            lambda t, y: y**2,
+            torch.tensor([[0.1], [1.0]], dtype=F64),
+            torch.tensor([0.0, 2.0], dtype=F64),
+            batch="per_sample",
+        )
+    assert raised.value.t == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_row_leaving_the_domain_of_func_is_named():
+    # f = sqrt(c_b - t) is NaN past t = c_b: row 1 cannot pass t = 0.5.
+    c = torch.tensor([5.0, 0.5], dtype=F64)
+    with pytest.raises(NonFiniteStateError, match="row 1") as raised:
+        neurode.solve(
+            lambda t, y: torch.sqrt(c - t)[:, None] * torch.ones_like(y),
+            torch.zeros(2, 1, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            batch="per_sample",
+        )
+    assert raised.value.t == pytest.approx(0.5, abs=1e-9)

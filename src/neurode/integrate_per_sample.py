@@ -263,15 +263,25 @@ def integrate_per_sample(
     last_finite = torch.ones(batch, dtype=torch.bool, device=device)
     done = next_save >= n_times
 
+    # Host syncs are batched: one read of a few flags before the step, one after it.
     while True:
         active = ~done
-        if not bool(active.any()):
-            break
-        _check_max_steps(active, steps, options.max_num_steps, t, step_size)
         step_size = controller.clip(step_size)
         t1 = torch.minimum(t + step_size, t_end)
         h = t1 - t
-        _check_step_size(active, h, last_finite, t, step_size)
+        over = active & (steps >= options.max_num_steps)
+        # A step below ten units in the last place of t makes no real progress (near a
+        # blow-up it would otherwise crawl on forever): the step size has underflowed.
+        stuck = active & ~((h > 0) & (step_size >= 10 * _ulp(t)))
+        any_active, any_over, any_stuck = torch.stack(
+            [active.any(), over.any(), stuck.any()]
+        ).tolist()
+        if not any_active:
+            break
+        if any_over:
+            _raise_max_steps(over, options.max_num_steps, t, step_size)
+        if any_stuck:
+            _raise_stuck(stuck, last_finite, t, step_size)
         h = torch.where(active, h, 0.0)
         t1 = torch.where(active, t1, t)
 
@@ -279,14 +289,23 @@ def integrate_per_sample(
         ratio = _error_ratio_rows(step.error_estimate, y, step.y1, rtol, atol)
         finite = torch.isfinite(ratio)
         accept = active & finite & ((ratio <= 1.0) | (h <= controller.c.min_step))
-        any_accepted = bool(accept.any())
+        proposed = controller.propose(h, ratio, accept)
+        failing = _non_finite_rows(active, finite, proposed, t, step.y1)
+        saving = _saving_rows(accept, next_save, t_eval, t1)
+        any_accepted, any_failing, any_saving = torch.stack(
+            [accept.any(), failing.any(), saving.any()]
+        ).tolist()
+        if any_failing:
+            _raise_non_finite(failing, t)
+
         f1 = step.f1
         if f1 is None and any_accepted:
             f1 = func(t1, step.y1)
-        if any_accepted:
+        if any_saving:
             saved, next_save = _save_rows(
-                saved, next_save, t_eval, accept, t, t1, h, y, f1, step, tableau, rows
+                saved, next_save, saving, t_eval, accept, t, t1, h, y, f1, step, tableau, rows
             )
+        if any_accepted:
             keep = _rows(accept, y).bool()
             y = torch.where(keep, step.y1, y)
             f0 = torch.where(keep, f1, f0)
@@ -295,9 +314,7 @@ def integrate_per_sample(
         steps += active
         accepted_count += accept
         rejected_count += active & ~accept
-        proposed = controller.propose(h, ratio, accept)
         last_finite = torch.where(active, finite, last_finite)
-        _check_non_finite_state(active, finite, proposed, t, step.y1)
         step_size = torch.where(active, proposed, step_size)
         done = next_save >= n_times
 
@@ -309,9 +326,20 @@ def integrate_per_sample(
     )
 
 
+def _saving_rows(
+    accept: torch.Tensor, next_save: torch.Tensor, t_eval: torch.Tensor, t1: torch.Tensor
+) -> torch.Tensor:
+    """Rows whose accepted step has reached their next save time."""
+    n_times = t_eval.shape[1]
+    column = next_save.clamp(max=n_times - 1)
+    target = t_eval.gather(1, column[:, None]).squeeze(1)
+    return accept & (next_save < n_times) & (target <= t1)
+
+
 def _save_rows(
     saved: torch.Tensor,
     next_save: torch.Tensor,
+    saving: torch.Tensor,
     t_eval: torch.Tensor,
     accept: torch.Tensor,
     t: torch.Tensor,
@@ -323,14 +351,14 @@ def _save_rows(
     tableau: ButcherTableau,
     rows: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write the dense output at every save time an accepted step has passed."""
+    """Write the dense output at every save time the accepted steps have passed.
+
+    ``saving`` marks the rows with at least one such time; a row may have several.
+    """
     n_times = t_eval.shape[1]
     while True:
         column = next_save.clamp(max=n_times - 1)
         target = t_eval.gather(1, column[:, None]).squeeze(1)
-        saving = accept & (next_save < n_times) & (target <= t1)
-        if not bool(saving.any()):
-            return saved, next_save
         at_end = target == t1
         theta = torch.where(saving & ~at_end & (h > 0), (target - t) / h, 1.0)
         value = _dense_rows(tableau, step, y, f1, h, theta)
@@ -339,28 +367,31 @@ def _save_rows(
         value = torch.where(_rows(saving, y).bool(), value, current)
         saved = saved.index_put((rows, column), value)
         next_save = next_save + saving
+        saving = _saving_rows(accept, next_save, t_eval, t1)
+        if not bool(saving.any()):
+            return saved, next_save
+
+
+def _ulp(t: torch.Tensor) -> torch.Tensor:
+    magnitude = t.abs()
+    return torch.nextafter(magnitude, torch.full_like(magnitude, math.inf)) - magnitude
 
 
 def _first_row(mask: torch.Tensor) -> int:
     return int(torch.nonzero(mask)[0])
 
 
-def _check_max_steps(active, steps, max_num_steps, t, step_size) -> None:
-    over = active & (steps >= max_num_steps)
-    if bool(over.any()):
-        row = _first_row(over)
-        raise MaxStepsExceededError(
-            f"max_num_steps={max_num_steps} exceeded by row {row} at t={float(t[row]):.6g} "
-            f"(step size {float(step_size[row]):.3g}); raise options['max_num_steps'], loosen "
-            "rtol/atol, or use an implicit method if the problem is stiff.",
-            t=float(t[row]),
-        )
+def _raise_max_steps(over, max_num_steps, t, step_size) -> None:
+    row = _first_row(over)
+    raise MaxStepsExceededError(
+        f"max_num_steps={max_num_steps} exceeded by row {row} at t={float(t[row]):.6g} "
+        f"(step size {float(step_size[row]):.3g}); raise options['max_num_steps'], loosen "
+        "rtol/atol, or use an implicit method if the problem is stiff.",
+        t=float(t[row]),
+    )
 
 
-def _check_step_size(active, h, last_finite, t, step_size) -> None:
-    stuck = active & ~(h > 0)
-    if not bool(stuck.any()):
-        return
+def _raise_stuck(stuck, last_finite, t, step_size) -> None:
     row = _first_row(stuck)
     if not bool(last_finite[row]):
         raise NonFiniteStateError(
@@ -377,21 +408,21 @@ def _check_step_size(active, h, last_finite, t, step_size) -> None:
     )
 
 
-def _check_non_finite_state(active, finite, proposed, t, y1) -> None:
-    """A row whose error stays non-finite while its step size collapses: name the cause."""
+def _non_finite_rows(active, finite, proposed, t, y1) -> torch.Tensor:
+    """Rows whose error is non-finite, whose step size collapses, and whose state is not finite."""
     collapsing = active & ~finite & (proposed < 1e-13 * t.abs().clamp(min=1.0))
-    if not bool(collapsing.any()):
-        return
     bad_state = ~torch.isfinite(y1.detach()).reshape(y1.shape[0], -1).all(dim=1)
-    failing = collapsing & bad_state
-    if bool(failing.any()):
-        row = _first_row(failing)
-        raise NonFiniteStateError(
-            f"the state of row {row} became NaN or infinite at t={float(t[row]):.6g}; the "
-            "dynamics may blow up there. Check func for overflow, lower the tolerances, or "
-            "shorten the time span.",
-            t=float(t[row]),
-        )
+    return collapsing & bad_state
+
+
+def _raise_non_finite(failing, t) -> None:
+    row = _first_row(failing)
+    raise NonFiniteStateError(
+        f"the state of row {row} became NaN or infinite at t={float(t[row]):.6g}; the "
+        "dynamics may blow up there. Check func for overflow, lower the tolerances, or "
+        "shorten the time span.",
+        t=float(t[row]),
+    )
 
 
 # ------------------------------------------------------------------------ entry point

@@ -18,6 +18,7 @@ row solved in the batch takes the steps it would take when solved alone.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -119,20 +120,15 @@ def _dense_rows(
     cubic Hermite through ``(y0, k_1)`` and ``(y1, f1)``.
     """
     h = _rows(step_size, y0)
-    th = _rows(theta, y0)
     if tableau.dense is not None:
+        weights = _dense_weight_rows(tableau, theta).to(y0.dtype)
         total = None
-        for row, stage in zip(tableau.dense, step.stages):
-            weight = None
-            power = th
-            for coefficient in row:
-                if coefficient != 0.0:
-                    term = power * coefficient
-                    weight = term if weight is None else weight + term
-                power = power * th
-            if weight is not None:
-                total = weight * stage if total is None else torch.addcmul(total, weight, stage)
+        for i in _dense_stages(tableau):
+            weight = weights[:, i].reshape(h.shape)
+            stage = step.stages[i]
+            total = weight * stage if total is None else torch.addcmul(total, weight, stage)
         return y0 if total is None else torch.addcmul(y0, h, total)
+    th = _rows(theta, y0)
     th2 = th * th
     th3 = th2 * th
     h00 = 2 * th3 - 3 * th2 + 1
@@ -140,6 +136,27 @@ def _dense_rows(
     h01 = -2 * th3 + 3 * th2
     h11 = th3 - th2
     return h00 * y0 + h01 * step.y1 + h * (h10 * step.stages[0] + h11 * f1)
+
+
+@functools.cache
+def _dense_matrix(tableau: ButcherTableau, device: torch.device) -> torch.Tensor:
+    """``dense`` as a float64 matrix ``(stages, degree)``, zero-padded."""
+    degree = max(len(row) for row in tableau.dense)
+    rows = [list(row) + [0.0] * (degree - len(row)) for row in tableau.dense]
+    return torch.tensor(rows, dtype=torch.float64, device=device)
+
+
+@functools.cache
+def _dense_stages(tableau: ButcherTableau) -> tuple[int, ...]:
+    """The stages with a non-zero dense weight."""
+    return tuple(i for i, row in enumerate(tableau.dense) if any(c != 0.0 for c in row))
+
+
+def _dense_weight_rows(tableau: ButcherTableau, theta: torch.Tensor) -> torch.Tensor:
+    """``b_i(θ_b) = Σ_j dense[i][j] θ_b^{j+1}`` for every row ``b``: shape ``(B, stages)``."""
+    matrix = _dense_matrix(tableau, theta.device)
+    exponents = torch.arange(1, matrix.shape[1] + 1, dtype=torch.float64, device=theta.device)
+    return (theta[:, None] ** exponents) @ matrix.T
 
 
 def _error_ratio_rows(

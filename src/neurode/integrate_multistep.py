@@ -9,7 +9,10 @@ the eighth-order Dormand–Prince weights above). After that:
 - ``implicit_adams`` / ``fixed_adams`` predict with Adams–Bashforth and correct
   with Adams–Moulton of the same order, P(EC)^m E: the corrector is repeated
   until two successive iterates agree within ``rtol``/``atol`` in the max norm,
-  at most ``max_iters`` times (``max_iters=1`` is the classic PECE scheme).
+  at most ``max_iters`` times (``max_iters=1`` is the classic PECE scheme; a
+  corrector that has not converged after ``max_iters > 1`` iterations warns).
+  ``explicit_adams`` accepts ``max_iters`` for torchdiffeq compatibility and
+  ignores it.
 
 States at the requested times are interpolated linearly between grid points
 (or by cubic Hermite with ``interp="cubic"``), as the Runge–Kutta fixed-grid

@@ -268,6 +268,10 @@ def test_bad_series_raise_typed_errors():
         model.elbo(times, values_with_nan)
     with pytest.raises(NeurodeInputError):
         LatentODE(2, obs_std=0.0)
+    with pytest.raises(ShapeMismatchError):
+        ODERNN(2, 4)(times, values, h0=torch.zeros(3, 4))
+    with pytest.raises(ShapeMismatchError):
+        TimeGapGRU(2, 4)(times, values, h0=torch.zeros(2, 5))
 
 
 def test_cli_rejects_bad_arguments(capsys, tmp_path):

@@ -24,7 +24,7 @@ from torch import nn
 from ..api import solve
 from ..errors import NeurodeInputError
 from ._layers import _AutonomousField, _mlp
-from .time_series import RecurrentStates, check_series, masked_values
+from .time_series import RecurrentStates, check_series, initial_hidden_state, masked_values
 
 
 class ODERNN(nn.Module):
@@ -105,8 +105,7 @@ class ODERNN(nn.Module):
             )
         inputs = torch.cat([masked_values(values, mask), mask], dim=-1)
         observed = mask.amax(dim=-1, keepdim=True) > 0
-        batch = values.shape[0]
-        h = values.new_zeros(batch, self.hidden_dim) if h0 is None else h0
+        h = initial_hidden_state(h0, values, self.hidden_dim)
         order = range(len(times) - 1, -1, -1) if reverse else range(len(times))
         before: list[torch.Tensor] = [None] * len(times)  # type: ignore[list-item]
         after: list[torch.Tensor] = [None] * len(times)  # type: ignore[list-item]
@@ -114,7 +113,8 @@ class ODERNN(nn.Module):
         started = torch.zeros_like(observed[:, 0])
         previous = None
         for i in order:
-            if previous is not None:
+            # Until some series has been observed every state is h0; nothing to solve.
+            if previous is not None and bool(started.any()):
                 evolved = self.evolve(h, torch.stack([times[previous], times[i]]))[-1]
                 h = torch.where(started, evolved, start)
             before[i] = h

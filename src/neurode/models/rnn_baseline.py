@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import NeurodeInputError
-from .time_series import RecurrentStates, check_series, masked_values
+from .time_series import RecurrentStates, check_series, initial_hidden_state, masked_values
 
 
 class TimeGapGRU(nn.Module):
@@ -50,7 +50,7 @@ class TimeGapGRU(nn.Module):
         batch = values.shape[0]
         observed = mask.amax(dim=-1, keepdim=True) > 0
         x = masked_values(values, mask)
-        h = values.new_zeros(batch, self.hidden_dim) if h0 is None else h0
+        h = initial_hidden_state(h0, values, self.hidden_dim)
         order = range(len(times) - 1, -1, -1) if reverse else range(len(times))
         before: list[torch.Tensor] = [None] * len(times)  # type: ignore[list-item]
         after: list[torch.Tensor] = [None] * len(times)  # type: ignore[list-item]

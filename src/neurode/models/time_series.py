@@ -74,6 +74,19 @@ def check_series(
     return mask
 
 
+def initial_hidden_state(
+    h0: torch.Tensor | None, values: torch.Tensor, hidden_dim: int
+) -> torch.Tensor:
+    """Initial state ``(B, hidden_dim)`` for ``(B, T, D)`` values: ``h0`` checked, or zeros."""
+    batch = values.shape[0]
+    if h0 is None:
+        return values.new_zeros(batch, hidden_dim)
+    if not isinstance(h0, torch.Tensor) or h0.shape != (batch, hidden_dim):
+        shape = tuple(h0.shape) if isinstance(h0, torch.Tensor) else type(h0)
+        raise ShapeMismatchError(f"h0 must have shape ({batch}, {hidden_dim}), got {shape}")
+    return h0
+
+
 def masked_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``values`` with every unobserved entry replaced by 0 (also NaN placeholders)."""
     return torch.where(mask > 0, values, torch.zeros_like(values))

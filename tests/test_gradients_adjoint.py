@@ -45,7 +45,7 @@ class TimeMLP(torch.nn.Module):
 
 
 class Linear(torch.nn.Module):
-    """``f(t, y) = A y`` with ``y`` a batch of row vectors; exact flow ``expm(A t)``."""
+    """``f(t, y) = A y`` for a vector or a batch of row vectors; exact flow ``expm(A t)``."""
 
     def __init__(self, A: torch.Tensor):
         super().__init__()
@@ -314,15 +314,7 @@ def test_fixed_grid_checkpoint_is_exact_and_backsolve_converges_at_fourth_order(
     A_ref = A.clone().requires_grad_(True)
     exact_grad = torch.autograd.grad(((torch.linalg.matrix_exp(A_ref) @ y0) ** 2).sum(), A_ref)[0]
 
-    class Col(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.A = torch.nn.Parameter(A.clone())
-
-        def forward(self, t, y):
-            return self.A @ y
-
-    func = Col()
+    func = Linear(A)
     kwargs = dict(method="rk4", options=dict(step_size=0.1))
     reference = _grads(func, y0, t, "direct", loss, **kwargs)
     checkpoint = _grads(func, y0, t, "checkpoint", loss, **kwargs)
@@ -399,18 +391,10 @@ def test_backsolve_diverges_on_a_stiff_linear_system_while_checkpoint_stays_exac
     A_ref = A.clone().requires_grad_(True)
     exact = torch.autograd.grad(((torch.linalg.matrix_exp(2.0 * A_ref) @ y0) ** 2).sum(), A_ref)[0]
 
-    class Col(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.A = torch.nn.Parameter(A.clone())
-
-        def forward(self, t, y):
-            return self.A @ y
-
     t = torch.tensor([0.0, 2.0], dtype=F64)
     errors = {}
     for gradient in ADJOINTS:
-        func = Col()
+        func = Linear(A)
         ys = neurode.solve(func, y0, t, gradient=gradient, **TIGHT).ys
         (g,) = torch.autograd.grad((ys[-1] ** 2).sum(), func.A)
         errors[gradient] = _rel(g, exact)

@@ -39,7 +39,11 @@ class CustomBackward(Protocol):
 
 
 class SolveFunction(torch.autograd.Function):
-    """``ys = solve(y0, t, θ)`` with the backward pass of a :class:`CustomBackward`."""
+    """``ys = solve(y0, t, θ)`` with the backward pass of a :class:`CustomBackward`.
+
+    First order only: differentiating the gradients again (``create_graph=True``)
+    raises; use ``gradient="direct"`` for higher derivatives.
+    """
 
     @staticmethod
     def forward(ctx, method: CustomBackward, y0: torch.Tensor, t: torch.Tensor, *params):

@@ -156,13 +156,17 @@ class _AugmentedDynamics:
         return t
 
     def __call__(self, tau: float, x: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+        # Every tensor operation here costs microseconds of dispatch on small states,
+        # so the glue is kept to the fewest operations.
         n, shape = self.n, self.shape
         t = self.user_time(tau, perturb)
         a = x[n : 2 * n].view(shape)
         # dx/dτ = ρ [f, -a^T ∂f/∂z, -a^T ∂f/∂θ, -a^T ∂f/∂t]: one vjp with cotangent -ρ a.
         cotangent = a if self.rho < 0 else -a
         with torch.enable_grad():
-            z = x[:n].view(shape).detach().requires_grad_(True)
+            # x never requires grad here (the backward pass runs without a graph), so a
+            # view of it can be the leaf the vjp differentiates with respect to.
+            z = x[:n].reshape(shape).requires_grad_(True)
             if self.time_grad:
                 t.requires_grad_(True)
                 inputs = (z, *self.params, t)
@@ -175,15 +179,16 @@ class _AugmentedDynamics:
                 vjps = (None,) * len(inputs)
         if self.cast:
             vjps = [None if v is None else v.to(self.dtype) for v in vjps]
-        pieces = [f.reshape(-1)]
+        pieces = [_flat(-f if self.rho < 0 else f)]
         for v, zero in zip(vjps, self.zeros):
-            pieces.append(zero if v is None else v.reshape(-1))
+            pieces.append(zero if v is None else _flat(v))
         if not self.time_grad:
             pieces.append(self.zeros[-1])
-        out = torch.cat(pieces)
-        if self.rho < 0:
-            out[:n].neg_()
-        return out
+        return torch.cat(pieces)
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.dim() == 1 else tensor.reshape(-1)
 
 
 # ----------------------------------------------------------------------- error norms

@@ -39,7 +39,7 @@ try:
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from neurode.data.mnist import load_mnist, normalize, random_crop  # noqa: E402
+from neurode.data.mnist import load_mnist, normalize_mnist, random_crop  # noqa: E402
 from neurode.models.mnist import ODENet  # noqa: E402
 
 _WARMUP_FRACTION = 0.3
@@ -83,7 +83,7 @@ def _train(model, images, labels, args, device) -> dict:
             batch = images[index]
             if args.augment:
                 batch = random_crop(batch, 2, generator=generator)
-            x = normalize(batch).unsqueeze(1)
+            x = normalize_mnist(batch).unsqueeze(1)
             y = labels[index]
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
@@ -130,7 +130,7 @@ def _evaluate(model, images, labels, batch_size) -> dict:
     wrong = 0
     nfe = []
     for first in range(0, images.shape[0], batch_size):
-        x = normalize(images[first : first + batch_size]).unsqueeze(1)
+        x = normalize_mnist(images[first : first + batch_size]).unsqueeze(1)
         predictions = model(x).argmax(1)
         wrong += (predictions != labels[first : first + batch_size]).sum().item()
         nfe.append(model.nfe_forward)
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     index = torch.arange(min(args.batch_size, train_images.shape[0]), device=device)
-    x = normalize(train_images[index]).unsqueeze(1)
+    x = normalize_mnist(train_images[index]).unsqueeze(1)
     comparison = _compare_with_torchdiffeq(model, x, train_labels[index], args, device)
     if "time_ratio_neurode_over_torchdiffeq" in comparison:
         c = comparison

@@ -34,7 +34,7 @@ from neurode.data.mnist import (
     default_mnist_dir,
     ensure_mnist_files,
     load_mnist,
-    normalize,
+    normalize_mnist,
     random_crop,
     read_idx,
 )
@@ -98,7 +98,7 @@ def test_normalisation_constants_are_the_training_set_mean_and_std():
     std = ((counts * (values - mean) ** 2).sum() / counts.sum()).sqrt()
     assert mean.item() == pytest.approx(MNIST_MEAN, abs=1e-4)
     assert std.item() == pytest.approx(MNIST_STD, abs=1e-4)
-    standardised = normalize(images[:1000])
+    standardised = normalize_mnist(images[:1000])
     expected = (images[:1000].double() / 255 - MNIST_MEAN) / MNIST_STD
     torch.testing.assert_close(standardised, expected.float())
 
@@ -470,7 +470,7 @@ def test_evaluate_reports_the_error_of_the_saved_weights(tmp_path, capsys):
     model.eval()
     images, labels = load_mnist("test", MNIST_DIR, download=False)
     with torch.no_grad():
-        predictions = model(normalize(images[:200]).unsqueeze(1)).argmax(dim=1)
+        predictions = model(normalize_mnist(images[:200]).unsqueeze(1)).argmax(dim=1)
     wrong = int((predictions != labels[:200].long()).sum())
     assert f"test error {100 * wrong / 200:.2f}% ({wrong} of 200 images wrong)" in stdout
 
@@ -587,3 +587,18 @@ def test_two_process_ddp_keeps_ranks_identical_and_learns(tmp_path):
         before = F.cross_entropy(initial(images), labels).item()
         after = F.cross_entropy(trained(images), labels).item()
     assert after < before - 0.03
+
+
+@needs_mnist
+def test_shipped_cpu_odenet_weights_classify_the_first_test_images():
+    import neurode
+
+    weights = Path(neurode.__file__).parent / "weights" / "odenet_mnist_cpu.pt"
+    model = ODENet()
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    images, labels = load_mnist("test", MNIST_DIR, download=False)
+    with torch.no_grad():
+        predictions = model(normalize_mnist(images[:200]).unsqueeze(1)).argmax(dim=1)
+    error = (predictions != labels[:200].long()).float().mean().item()
+    assert error < 0.08  # 3.25% on all 10,000 test images

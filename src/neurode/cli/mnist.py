@@ -84,11 +84,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "mnist",
         help="train or evaluate ResNet / RK-Net / ODE-Net on MNIST",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train or evaluate ResNet, RK-Net and ODE-Net (Chen et al. 2018) on MNIST.",
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=MODELS, default="odenet", help="architecture")
+    model.add_argument(
+        "--model", choices=MODELS, default="odenet", help="architecture (default %(default)s)"
+    )
     model.add_argument(
         "--solver",
         default=None,
@@ -106,22 +107,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--atol", type=float, default=None, help="odenet absolute tolerance (default 1e-3)"
     )
     model.add_argument("--steps", type=int, default=None, help="rknet steps (default 4)")
-    model.add_argument("--t1", type=float, default=1.0, help="ODE block end time (odenet, rknet)")
+    model.add_argument(
+        "--t1",
+        type=float,
+        default=1.0,
+        help="ODE block end time, odenet and rknet (default %(default)s)",
+    )
 
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=int, default=160, help="training epochs")
     training.add_argument(
-        "--batch-size", type=int, default=128, help="images per iteration (per process)"
+        "--epochs", type=int, default=160, help="training epochs (default %(default)s)"
     )
-    training.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
+    training.add_argument(
+        "--batch-size",
+        type=int,
+        default=128,
+        help="images per iteration and process (default %(default)s)",
+    )
+    training.add_argument(
+        "--lr", type=float, default=0.1, help="peak learning rate (default %(default)s)"
+    )
     training.add_argument(
         "--schedule",
         choices=SCHEDULES,
         default="step",
         help="step: x0.1 at 60/100/140 of 160 epochs, scaled to --epochs; onecycle: warm-up "
-        "then anneal",
+        "then anneal (default %(default)s)",
     )
-    training.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay")
+    training.add_argument(
+        "--weight-decay", type=float, default=0.0, help="SGD weight decay (default %(default)s)"
+    )
     training.add_argument(
         "--augment", action="store_true", help="shift training images by up to 2 pixels"
     )
@@ -130,7 +145,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="bfloat16 autocast for the down-sampling and the head (never the ODE block)",
     )
-    training.add_argument("--seed", type=int, default=0, help="random seed")
+    training.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     training.add_argument(
         "--stop-after",
         type=int,
@@ -156,13 +171,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--test-subset", type=int, default=None, help="evaluate on the first N test images"
     )
     data.add_argument(
-        "--eval-batch-size", type=int, default=1000, help="images per evaluation batch"
+        "--eval-batch-size",
+        type=int,
+        default=1000,
+        help="images per evaluation batch (default %(default)s)",
     )
-    data.add_argument("--num-workers", type=int, default=0, help="data-loading processes")
+    data.add_argument(
+        "--num-workers", type=int, default=0, help="data-loading processes (default %(default)s)"
+    )
 
     run_group = parser.add_argument_group("run")
     run_group.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: one per process)"
+        "--device",
+        default="auto",
+        help="auto (default), cpu, cuda or cuda:N; under torchrun, cuda is one GPU per process",
     )
     run_group.add_argument("--out", default=None, help="output folder (default runs/mnist-MODEL)")
     run_group.add_argument(
@@ -546,7 +568,7 @@ def _train_epoch(
             context,
         )
         totals += step
-        shown = {"loss": float(step[0] / step[2]), "acc": float(step[1] / step[2])}
+        shown = {"loss": float(step[0] / step[2]), "acc%": float(100 * step[1] / step[2])}
         if isinstance(inner, ODENet | RKNet):
             shown.update(
                 nfe_f=float(step[3] / context.world_size),

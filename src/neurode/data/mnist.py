@@ -35,6 +35,24 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import NeurodeInputError
 
+__all__ = [
+    "MNIST",
+    "MNISTChecksumError",
+    "MNISTFormatError",
+    "MNISTNotFoundError",
+    "MNIST_FILES",
+    "MNIST_MEAN",
+    "MNIST_MIRRORS",
+    "MNIST_STD",
+    "default_mnist_dir",
+    "ensure_mnist_files",
+    "load_mnist",
+    "mnist_loader",
+    "normalize_mnist",
+    "random_crop",
+    "read_idx",
+]
+
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
@@ -265,7 +283,7 @@ def random_crop(images: torch.Tensor, padding: int = 2, generator=None) -> torch
     return cropped.reshape(*lead, height, width)
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
+def normalize_mnist(images: torch.Tensor) -> torch.Tensor:
     """``uint8`` pixels to float, standardised with the training-set mean and std."""
     return (images.float() / 255.0 - MNIST_MEAN) / MNIST_STD
 
@@ -304,7 +322,7 @@ class MNIST(Dataset):
         image = self.images[index]
         if self.augment:
             image = random_crop(image)
-        return normalize(image).unsqueeze(0), int(self.labels[index])
+        return normalize_mnist(image).unsqueeze(0), int(self.labels[index])
 
 
 def mnist_loader(

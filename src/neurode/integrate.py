@@ -189,7 +189,9 @@ def integrate_adaptive(
             t1 = breakpoints[next_break]
         on_jump = on_breakpoint and t1 in jump_points
         h = t1 - t
-        if not h > 0:
+        # A step within a few ulps of t makes no progress: scipy's rule, so that a
+        # finite-time blow-up ends with an error instead of crawling on forever.
+        if not h > 10 * math.ulp(t):
             if not last_ratio_finite:
                 _check_finite(y, "the state", t)
                 raise NonFiniteStateError(

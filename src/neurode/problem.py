@@ -74,7 +74,7 @@ class ODEProblem:
             out = self.func(t, y)
             if not self._checked:
                 self._check(out)
-            elif out.dtype != self.state_dtype:
+            if out.dtype != self.state_dtype:
                 out = out.to(self.state_dtype)
             return out
         outputs = self.func(t, self.layout.unflatten(y))

@@ -36,12 +36,14 @@ def solve_direct(
             f"gradient='direct' takes no options, got {', '.join(sorted(options))}"
         )
     time_grad = t.requires_grad and torch.is_grad_enabled()
+    start = y0
     if time_grad:
         y0 = y0 - (t[0] - t[0].detach()) * problem.call_user(t[0], y0)
     trajectory = problem.integrate(y0, t_solver, record_segments=record_segments)
     ys = trajectory.ys
     if time_grad:
-        ys = [ys[0]] + [
+        # y(t_0) = y0 whatever t_0 is: the first saved state takes no time gradient.
+        ys = [start] + [
             y + (t_i - t_i.detach()) * problem.call_user(t_i, y) for t_i, y in zip(t[1:], ys[1:])
         ]
     stats = dict(trajectory.stats)

@@ -489,12 +489,14 @@ def test_evaluate_rejects_weights_of_another_architecture(tmp_path, capsys):
     "argv, message",
     [
         (["--epochs", "0"], "--epochs must be at least 1"),
-        (["--model", "resnet", "--rtol", "1e-3"], "--rtol only apply to --model odenet or rknet"),
+        (["--model", "resnet", "--rtol", "1e-3"], "--rtol applies only to --model odenet or rknet"),
         (
             ["--model", "rknet", "--gradient", "backsolve"],
-            "--gradient only apply to --model odenet",
+            "--gradient applies only to --model odenet",
         ),
         (["--solver", "no_such_solver"], "--solver 'no_such_solver' is unknown"),
+        (["--model", "rknet", "--solver", "dopri5"], "rknet takes a fixed-step method"),
+        (["--model", "resnet", "--t1", "2"], "--t1 applies only to --model odenet or rknet"),
         (["--gradient", "no_such_gradient"], "--gradient 'no_such_gradient' is unknown"),
         (["--rtol", "-1"], "--rtol must be positive"),
         (["--subset", "0"], "--subset must be at least 1"),

@@ -44,8 +44,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
+from ..api import method_names
 from ..data.mnist import MNIST, mnist_loader
 from ..errors import NeurodeInputError
+from ..gradients import names as gradient_names
+from ..methods import is_adaptive
 from ..models.mnist import ODENet, ResNet, RKNet
 from ..train.checkpoint import (
     CheckpointError,
@@ -110,8 +113,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     model.add_argument(
         "--t1",
         type=float,
-        default=1.0,
-        help="ODE block end time, odenet and rknet (default %(default)s)",
+        default=None,
+        help="ODE block end time, odenet and rknet (default 1)",
     )
 
     training = parser.add_argument_group("training")
@@ -261,8 +264,12 @@ def _validate(args: argparse.Namespace) -> None:
         args.stop_after is None or 1 <= args.stop_after <= args.epochs,
         f"--stop-after must be between 1 and --epochs ({args.epochs}), got {args.stop_after}",
     )
-    _require(math.isfinite(args.t1) and args.t1 > 0, f"--t1 must be positive, got {args.t1}")
+    _require(
+        args.t1 is None or (math.isfinite(args.t1) and args.t1 > 0),
+        f"--t1 must be positive, got {args.t1}",
+    )
     ode_options = {
+        "--t1": args.t1,
         "--solver": args.solver,
         "--gradient": args.gradient,
         "--rtol": args.rtol,
@@ -271,12 +278,10 @@ def _validate(args: argparse.Namespace) -> None:
     if args.model == "resnet":
         given = [name for name, value in ode_options.items() if value is not None]
         given += ["--steps"] if args.steps is not None else []
-        _require(not given, f"{', '.join(given)} only apply to --model odenet or rknet")
+        _require(not given, f"{_listed(given)} only to --model odenet or rknet")
     if args.model == "rknet":
         given = [name for name in ("--gradient", "--rtol", "--atol") if ode_options[name]]
-        _require(
-            not given, f"{', '.join(given)} only apply to --model odenet (rknet is fixed-step)"
-        )
+        _require(not given, f"{_listed(given)} only to --model odenet (rknet is fixed-step)")
     if args.model == "odenet":
         _require(args.steps is None, "--steps only applies to --model rknet")
     for name in ("rtol", "atol"):
@@ -287,9 +292,13 @@ def _validate(args: argparse.Namespace) -> None:
         )
     _require(args.steps is None or args.steps >= 1, f"--steps must be at least 1, got {args.steps}")
     if args.solver is not None:
-        _check_known("--solver", args.solver, _solver_names())
+        _check_known("--solver", args.solver, method_names())
+        _require(
+            args.model != "rknet" or not is_adaptive(args.solver),
+            f"--solver {args.solver} is adaptive; rknet takes a fixed-step method such as rk4",
+        )
     if args.gradient is not None:
-        _check_known("--gradient", args.gradient, _gradient_names())
+        _check_known("--gradient", args.gradient, gradient_names())
     out = _out_dir(args)
     _require(not out.exists() or out.is_dir(), f"--out {out} exists and is not a folder")
     if args.evaluate is not None:
@@ -301,25 +310,13 @@ def _validate(args: argparse.Namespace) -> None:
         raise CheckpointError(f"--resume: no checkpoint at {resume}")
 
 
-def _check_known(option: str, value: str, known: list[str] | None) -> None:
-    if known is not None and value not in known:
+def _listed(options: list[str]) -> str:
+    return ", ".join(options) + (" applies" if len(options) == 1 else " apply")
+
+
+def _check_known(option: str, value: str, known: list[str]) -> None:
+    if value not in known:
         raise NeurodeInputError(f"{option} {value!r} is unknown; choose one of: {', '.join(known)}")
-
-
-def _solver_names() -> list[str] | None:
-    try:
-        from ..methods import method_names
-    except ImportError:
-        return None
-    return method_names()
-
-
-def _gradient_names() -> list[str] | None:
-    try:
-        from ..gradients import names
-    except ImportError:
-        return None
-    return names()
 
 
 # --------------------------------------------------------------------------- model
@@ -334,7 +331,7 @@ def build_model(args: argparse.Namespace) -> nn.Module:
         return RKNet(
             method=args.solver or "rk4",
             steps=args.steps or 4,
-            t1=args.t1,
+            t1=args.t1 if args.t1 is not None else 1.0,
             autocast_dtype=autocast_dtype,
         )
     return ODENet(
@@ -342,7 +339,7 @@ def build_model(args: argparse.Namespace) -> nn.Module:
         rtol=args.rtol if args.rtol is not None else 1e-3,
         atol=args.atol if args.atol is not None else 1e-3,
         gradient=args.gradient or "backsolve",
-        t1=args.t1,
+        t1=args.t1 if args.t1 is not None else 1.0,
         autocast_dtype=autocast_dtype,
     )
 

@@ -270,13 +270,19 @@ def estimate_unobserved(data: Trajectories) -> Tensor | None:
 
 
 class TrajectoryModel(nn.Module):
-    """A vector field, its solver settings, and learnable unobserved initial values.
+    """A vector field, its solver settings, and learnable initial values.
 
     Args:
         dynamics: the vector field ``f(t, y)`` on states ``(batch, state_dim)``.
         data: the training trajectories. When some components are unobserved,
             the model holds one learnable value per unobserved component and
             trajectory, started at :func:`estimate_unobserved`.
+        learn_initial_state: also learn a correction of each training
+            trajectory's *observed* initial values (started at zero). A noisy
+            first observation otherwise propagates through the whole rollout
+            and biases the fitted dynamics (errors in variables); learned,
+            it is estimated from the whole trajectory instead. Used by
+            whole-trajectory objectives; segments start from raw observations.
         method, rtol, atol, gradient, options, gradient_options, regularisation:
             passed to :class:`neurode.nn.NeuralODE`.
 
@@ -296,6 +302,7 @@ class TrajectoryModel(nn.Module):
         options: Mapping[str, Any] | None = None,
         gradient_options: Mapping[str, Any] | None = None,
         regularisation: Mapping[str, float] | None = None,
+        learn_initial_state: bool = False,
     ):
         super().__init__()
         self.ode = NeuralODE(
@@ -310,8 +317,14 @@ class TrajectoryModel(nn.Module):
         )
         self.observed = data.observed
         self.state_dim = data.state_dim
+        self.n_trajectories = len(data)
         guess = estimate_unobserved(data)
         self.initial_unobserved = None if guess is None else nn.Parameter(guess.clone())
+        self.initial_correction = (
+            nn.Parameter(torch.zeros_like(data.first_values(range(len(data)))))
+            if learn_initial_state
+            else None
+        )
 
     @property
     def dynamics(self) -> Callable[[Tensor, Tensor], Tensor]:
@@ -330,20 +343,24 @@ class TrajectoryModel(nn.Module):
     ) -> Tensor:
         """Full initial states ``(b, state_dim)`` of trajectories ``indices`` of ``data``.
 
-        Observed components come from the data. Unobserved ones are the
-        learned values when ``learned`` (``data`` must then be the training
-        trajectories, or a window of them), else finite-difference estimates
-        (for trajectories the model was not trained on).
+        Observed components come from the data (plus the learned correction,
+        if any, when ``learned``). Unobserved ones are the learned values when
+        ``learned`` (``data`` must then be the training trajectories, or a
+        window of them), else finite-difference estimates (for trajectories
+        the model was not trained on).
         """
         indices = [int(i) for i in indices]
         observed_part = data.first_values(indices)
+        if learned and len(data) != self.n_trajectories:
+            raise NeurodeInputError(
+                f"learned initial values exist for the {self.n_trajectories} training "
+                f"trajectories, not for {len(data)}; pass learned=False for other data"
+            )
+        if learned and self.initial_correction is not None:
+            observed_part = observed_part + self.initial_correction[indices]
         if data.fully_observed:
             return observed_part
         if learned:
-            if self.initial_unobserved is None or len(data) != self.initial_unobserved.shape[0]:
-                raise NeurodeInputError(
-                    "learned initial values exist only for the training trajectories"
-                )
             unobserved_part = self.initial_unobserved[indices]
         else:
             unobserved_part = estimate_unobserved(data.select(indices))

@@ -370,6 +370,7 @@ class Row:
     ratio: float
     memory_mib: float
     error: float
+    note: str = ""
 
 
 def compare(
@@ -389,15 +390,17 @@ def compare(
     runs: dict[str, list[Run]] = {c.name: [] for c in configs}
     costs: list[Costs] = []
     active = list(configs)
-    # Costs are timed in every round, between the runs, so they see the same load.
-    for _ in range(repeats):
-        costs.append(evaluation_costs(field, y0))
+    # Round 0 warms up (first-call allocations, lazy imports) and is not kept. Costs
+    # are timed in every round, between the runs, so they see the same load.
+    for round_index in range(repeats + 1):
+        if round_index:
+            costs.append(evaluation_costs(field, y0))
         for config in list(active):
             run = _with_time_limit(time_limit, lambda c=config: run_once(c, field, y0, solver))
             if run is None:
                 active.remove(config)
-                continue
-            runs[config.name].append(run)
+            elif round_index:
+                runs[config.name].append(run)
     cost = Costs(
         *(statistics.median(c.of(kind) for c in costs) for kind in ("bare", "vjp", "chain"))
     )
@@ -410,7 +413,8 @@ def compare(
     for config in configs:
         done = runs[config.name]
         if not done:
-            rows.append(Row(config.name, math.nan, 0, 0, math.nan, math.nan, math.nan))
+            note = f"> {time_limit:.0f} s, stopped"
+            rows.append(Row(config.name, math.nan, 0, 0, math.nan, math.nan, math.nan, note))
             continue
         seconds = statistics.median(r.seconds for r in done)
         last = done[-1]
@@ -454,9 +458,9 @@ def print_table(title: str, rows: list[Row], extra: tuple[str, list[str]] | None
     for k, row in enumerate(rows):
         cells = [
             row.name,
-            _format(row.seconds * 1e3, ".1f"),
-            str(row.nfe_forward),
-            str(row.nfe_backward),
+            row.note or _format(row.seconds * 1e3, ".1f"),
+            "n/a" if row.note else str(row.nfe_forward),
+            "n/a" if row.note else str(row.nfe_backward),
             _format(row.ratio, ".2f"),
             _format(row.memory_mib, ".1f"),
             _format(row.error, ".1e"),
@@ -483,6 +487,8 @@ def main() -> None:
     parser.add_argument("--probe-batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--probe-solver", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.memory_probe:
         memory_probe(
             args.memory_probe, args.probe_dim, args.probe_batch, Solver.parse(args.probe_solver)

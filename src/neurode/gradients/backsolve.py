@@ -372,8 +372,7 @@ class _Backsolve:
         self.forward_grid: list[float] | None = None
         if spec.kind == "fixed" and self.inherit and forward.kind == "fixed":
             spec.perturb, spec.interp = forward.perturb, forward.interp
-            grid = forward.grid if forward.grid is not None else self.t_solver
-            self.forward_grid = [-s for s in reversed(grid)]
+            self.forward_grid = forward.grid if forward.grid is not None else self.t_solver
 
     def _norm(self, norm: Any, like: torch.Tensor) -> Callable:
         problem = self.problem
@@ -413,8 +412,10 @@ class _Backsolve:
         if spec.kind != "fixed":
             return spec
         if self.forward_grid is not None:
+            # The forward grid points strictly inside [s1, s0] = [-tau1, -tau0], reversed.
             grid = self.forward_grid
-            inner = grid[bisect.bisect_right(grid, tau0) : bisect.bisect_left(grid, tau1)]
+            lo, hi = bisect.bisect_right(grid, -tau1), bisect.bisect_left(grid, -tau0)
+            inner = [-grid[k] for k in range(hi - 1, lo - 1, -1)]
             return dataclasses.replace(spec, grid=[tau0, *inner, tau1])
         return build_method(
             self.name,

@@ -26,6 +26,11 @@ Options (``gradient_options``):
 
 Time gradients use ``dL/dt_i = <dL/dy(t_i), f(t_i, y(t_i))>`` (i > 0) and
 ``dL/dt_0 = -<a(t_0), f(t_0, y_0)>`` as the other adjoints do.
+
+``stats`` gains ``checkpoints`` (states kept) after the forward solve and
+``nfe_backward`` / ``steps_backward`` (replayed) after backward. The replay does
+not call the step callbacks again. Only Runge–Kutta methods (adaptive or fixed
+grid) can be replayed; other integrators raise ``UnknownMethodError``.
 """
 
 from __future__ import annotations

@@ -79,11 +79,17 @@ _SEGMENTS_PER_STEP = 4
 _SHORT_STAGE_FRACTION = 0.75
 _SHORT_STAGE_BATCH = 16
 _WHOLE_STAGE_PATIENCE = 10
-_WHOLE_STAGE_LR_FACTOR = 0.2
+# Learning rates, as multiples of --lr, by stage and by kind of parameter.
 # Physical constants are learned through logarithms (relative steps of about
-# lr each), and need relative changes of order one from an uninformed start.
-_CONSTANT_LR_SCALE = 10.0
-_CONSTANT_NAMES = ("log_g_over_l", "raw_mu")
+# the rate each) and need changes of order one from an uninformed start, hence
+# 10x in the short stage. On whole trajectories the loss's curvature differs
+# by orders of magnitude between parameters: a small change of g/L shifts
+# the phase of every oscillation after it, a change of mu only the slow
+# decay, and network weights (the black box's most of all) act everywhere.
+_SHORT_STAGE_LR = {"network": 1.0, "log_g_over_l": 10.0, "raw_mu": 10.0, "initial": 1.0}
+_WHOLE_STAGE_LR = {"log_g_over_l": 0.2, "raw_mu": 2.0, "initial": 1.0}
+_WHOLE_STAGE_NETWORK_LR = {"blackbox": 0.05, "hybrid": 0.2, "physics": 0.2}
+_INITIAL_VALUE_NAMES = ("initial_correction", "initial_unobserved")
 _SIMULATED_POINTS = 100
 _SIMULATED_SPAN = 20.0
 _DENSE_POINTS = 400
@@ -228,6 +234,8 @@ def _validate(args: argparse.Namespace) -> _Settings:
         )
     if args.epochs < 1:
         raise PendulumArgumentError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.resume and not (args.out / "checkpoints" / "run.json").is_file():
+        raise CheckpointError(f"--resume: no checkpoints in {args.out / 'checkpoints'}")
     if args.method not in method_names():
         raise PendulumArgumentError(
             f"--method {args.method!r} is not a solver; choose from {', '.join(method_names())}"
@@ -366,44 +374,62 @@ class _Fit:
         return merged
 
 
-def _stages(settings: _Settings, train: Trajectories) -> list[tuple[str, Trajectories, dict]]:
-    """The two training stages: (name, data, objective and config keywords)."""
+@dataclass(frozen=True)
+class _Stage:
+    """One training stage: which problems, how long, how fast."""
+
+    name: str
+    data: Trajectories
+    segment_points: int | None
+    epochs: int
+    rates: dict[str, float]
+    whole: bool
+
+
+def _stages(model_name: str, settings: _Settings, train: Trajectories) -> list[_Stage]:
+    """Short problems first (segments, or each trajectory's first third), then whole ones."""
     short_epochs = max(1, round(_SHORT_STAGE_FRACTION * settings.epochs))
     whole_epochs = settings.epochs - short_epochs
     if train.fully_observed:
-        short = ("segments", train, {"segment_points": min(_SEGMENT_POINTS, _shortest(train))})
+        name, data = "segments", train
+        segment_points = min(_SEGMENT_POINTS, _shortest(train))
     else:
-        head = max(3, _shortest(train) // 3)
-        short = ("prefix", train.head(head), {"segment_points": None})
+        name, data = "prefix", train.head(max(3, _shortest(train) // 3))
+        segment_points = None
     stages = [
-        (
-            *short[:2],
-            {
-                **short[2],
-                "epochs": short_epochs,
-                "lr": settings.lr,
-                "lr_final": settings.lr / 10,
-                "batch_size": _SHORT_STAGE_BATCH,
-            },
+        _Stage(
+            name,
+            data,
+            segment_points,
+            short_epochs,
+            rates={kind: settings.lr * scale for kind, scale in _SHORT_STAGE_LR.items()},
+            whole=False,
         )
     ]
     if whole_epochs:
         stages.append(
-            (
+            _Stage(
                 "whole",
                 train,
-                {
-                    "segment_points": None,
-                    "epochs": whole_epochs,
-                    "lr": settings.lr * _WHOLE_STAGE_LR_FACTOR,
-                    "lr_final": settings.lr * _WHOLE_STAGE_LR_FACTOR / 10,
-                    "batch_size": None,
-                    "patience": _WHOLE_STAGE_PATIENCE,
-                    "restore_best": True,
+                None,
+                whole_epochs,
+                rates={
+                    "network": settings.lr * _WHOLE_STAGE_NETWORK_LR[model_name],
+                    **{kind: settings.lr * scale for kind, scale in _WHOLE_STAGE_LR.items()},
                 },
+                whole=True,
             )
         )
     return stages
+
+
+def _parameter_kind(name: str) -> str:
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf in _INITIAL_VALUE_NAMES:
+        return "initial"
+    if leaf in ("log_g_over_l", "raw_mu"):
+        return leaf
+    return "network"
 
 
 def _shortest(data: Trajectories) -> int:
@@ -411,7 +437,7 @@ def _shortest(data: Trajectories) -> int:
 
 
 def _train_model(
-    name: str, index: int, settings: _Settings, experiment: _Experiment, out: Path, args
+    name: str, index: int, settings: _Settings, experiment: _Experiment, out: Path, quiet: bool
 ) -> _Fit:
     dynamics = _build_dynamics(name, settings.seed * 1000 + index)
     train = experiment.train.window(end=experiment.train_split)
@@ -422,42 +448,43 @@ def _train_model(
         rtol=settings.rtol,
         atol=settings.atol,
         gradient=settings.gradient,
+        learn_initial_state=True,
     )
     fitted = _Fit(name, model)
     started = time.perf_counter()
-    for stage, data, keywords in _stages(settings, train):
-        segment_points = keywords.pop("segment_points")
+    for stage in _stages(name, settings, train):
         # Every model here is autonomous, so segments of the uniform grid share one solve.
         objective = TrajectoryObjective(
             model,
-            data,
-            segment_points=segment_points,
+            stage.data,
+            segment_points=stage.segment_points,
             segments_per_step=_SEGMENTS_PER_STEP,
             autonomous=True,
         )
-        checkpoint = out / "checkpoints" / f"{name}-{stage}.pt"
+        checkpoint = out / "checkpoints" / f"{name}-{stage.name}.pt"
         config = TrainConfig(
-            **keywords,
+            epochs=stage.epochs,
+            lr=stage.rates["network"],
+            lr_final=stage.rates["network"] / 10,
+            patience=_WHOLE_STAGE_PATIENCE if stage.whole else None,
+            restore_best=stage.whole,
             seed=settings.seed,
             checkpoint_path=checkpoint,
-            progress=not args.quiet,
-            description=f"{name} ({stage})",
+            progress=not quiet,
+            description=f"{name} ({stage.name})",
         )
+        base = stage.rates["network"]
         lr_scales = {
-            name: _CONSTANT_LR_SCALE
-            for name, _ in model.named_parameters()
-            if name.rsplit(".", 1)[-1] in _CONSTANT_NAMES
+            parameter: stage.rates[_parameter_kind(parameter)] / base
+            for parameter, _ in model.named_parameters()
         }
-        # Whole-trajectory stages are judged on the parameters they end with.
-        validation = (
-            (lambda m, d=data: rollout_mse(m, d))
-            if segment_points is None and stage == "whole"
-            else None
-        )
+        # A whole-trajectory stage is judged on the parameters each epoch ends
+        # with (and on those it starts from), so it can only improve the model.
+        validation = (lambda m, d=stage.data: rollout_mse(m, d)) if stage.whole else None
         result = fit(
             model,
             objective,
-            len(data),
+            len(stage.data),
             config,
             validation=validation,
             lr_scales=lr_scales,
@@ -714,29 +741,23 @@ def _write_json(path: Path, content: dict[str, Any]) -> None:
 
 
 def _prepare_output(out: Path, settings: _Settings, resume: bool) -> None:
+    """Check a resumed run's settings, or start a fresh run's checkpoint directory."""
     checkpoints = out / "checkpoints"
     run_file = checkpoints / "run.json"
+    current = json.loads(json.dumps(settings.as_dict()))  # as it reads back from the file
     if resume:
-        if not run_file.is_file():
-            raise CheckpointError(f"--resume: no checkpoints in {checkpoints}")
         saved = json.loads(run_file.read_text(encoding="utf-8"))
-        changed = sorted(
-            k
-            for k in saved.keys() | settings.as_dict().keys()
-            if saved.get(k) != settings.as_dict().get(k)
-        )
+        changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
         if changed:
-            details = ", ".join(
-                f"{k}={saved.get(k)!r} (now {settings.as_dict().get(k)!r})" for k in changed
-            )
+            details = ", ".join(f"{k}={saved.get(k)!r} (now {current.get(k)!r})" for k in changed)
             raise CheckpointError(
-                f"--resume: {checkpoints} was written with other settings: {details}"
+                f"--resume: {checkpoints} holds a run with other settings: {details}"
             )
         return
     if checkpoints.exists():
         shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True)
-    _write_json(run_file, settings.as_dict())
+    _write_json(run_file, current)
 
 
 # ----------------------------------------------------------------------------- command
@@ -755,7 +776,7 @@ def run(args: argparse.Namespace) -> int:
     fits = []
     try:
         for index, name in enumerate(settings.models):
-            fits.append(_train_model(name, index, settings, experiment, out, args))
+            fits.append(_train_model(name, index, settings, experiment, out, args.quiet))
     except (SolverError, TrainingDivergedError) as error:
         print(f"neurode pendulum: training failed: {error}", file=sys.stderr)
         return 1

@@ -21,16 +21,24 @@ When only :math:`\theta` is measured (CSV), each training trajectory's
 :math:`\omega_0` is a learnable parameter started from a finite-difference
 slope of the first three angles; held-out trajectories use that slope.
 
-Training, per model, in two stages with Adam and a cosine learning rate:
+Training, per model, in two stages with Adam, a cosine learning rate and all
+training trajectories in every step:
 
 1. three quarters of the epochs on short problems, which keep the loss of an
-   oscillator free of the local minima of long rollouts: segments of 12
-   observations started from the observed state (multiple-shooting style), or,
-   when :math:`\omega` is unobserved, the first third of each training
-   trajectory; mini-batches of 4 trajectories;
-2. the rest on whole training-window trajectories (all at once), which use
-   every observation in one rollout and pin the constants down; early stopping
-   keeps the best epoch.
+   oscillator free of the local minima of long rollouts: 4 segments of 12
+   observations per trajectory and step, each started from the observed state
+   (multiple-shooting style, all segments in one batched solve), or, when
+   :math:`\omega` is unobserved, the first third of each training trajectory;
+2. the rest on whole training-window trajectories, which use every
+   observation in one rollout and pin the constants down. Each trajectory's
+   initial state is learned as well (a noisy first observation would bias
+   the constants), and each epoch is judged on the parameters it ends with;
+   early stopping keeps the best, never worse than where the stage began.
+
+Learning rates differ by kind of parameter (see ``_SHORT_STAGE_LR`` and
+``_WHOLE_STAGE_LR``): physical constants move by relative steps, and on whole
+trajectories :math:`g/L` (the phase of every later oscillation) needs far
+smaller steps than :math:`\mu` (only the slow decay).
 
 Written to ``--out``: ``metrics.json`` (settings, metrics, per-epoch loss and
 NFE), ``trajectories.png``, ``phase_portrait.png``, ``training.png`` and the
@@ -691,7 +699,7 @@ def _write_plots(out: Path, fits: list[_Fit], experiment: _Experiment) -> list[P
                     phase_states.append(ys)
         predictions[fitted.name] = curves
     if train.fully_observed:
-        phase_states = list(train.values)
+        phase_states = list(train.values[:shown])
     paths = [
         plot_trajectories(
             out / "trajectories.png",

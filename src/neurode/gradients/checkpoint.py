@@ -6,7 +6,9 @@ accepted step (one float each). The backward pass visits the checkpoint
 intervals from last to first: it replays the interval's steps from the stored
 state with autograd on — the same step sizes, the same stages, the same dense
 output for the save times inside it, so the replayed states equal the forward
-ones — and backpropagates the adjoint through that one interval:
+ones (to rounding: a forward solve without autograd may combine the stages with
+differently ordered BLAS arithmetic) — and backpropagates the adjoint through
+that one interval:
 
     a_start = (∂y_end/∂y_start)^T a_end + Σ_{t_i in interval} (∂y(t_i)/∂y_start)^T dL/dy(t_i)
 
@@ -235,7 +237,7 @@ class _Checkpointed:
 
 
 class _Replay:
-    """Re-runs recorded accepted steps exactly as the integration loop ran them.
+    """Re-runs recorded accepted steps as the integration loop ran them.
 
     Mirrors ``integrate_adaptive`` and ``integrate_fixed``: the same stage
     evaluations (with the same one-sided ``perturb`` at breakpoints), the same

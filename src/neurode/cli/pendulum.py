@@ -685,6 +685,9 @@ def _write_plots(out: Path, fits: list[_Fit], experiment: _Experiment) -> list[P
     shown = min(4, len(train))
     observations = [(train.times[i], train.values[i][:, 0]) for i in range(shown)]
     predictions = {}
+    # Without measured omega, the phase plane shows the rollouts of the most
+    # constrained model: in a black box the second state need not be dtheta/dt.
+    phase_model = max(fits, key=lambda fitted: MODELS.index(fitted.name))
     phase_states = []
     for fitted in fits:
         curves = []
@@ -695,7 +698,7 @@ def _write_plots(out: Path, fits: list[_Fit], experiment: _Experiment) -> list[P
                 dense = torch.linspace(float(t[0]), float(t[-1]), _DENSE_POINTS, dtype=t.dtype)
                 ys = fitted.model(y0[i : i + 1], dense)[:, 0]
                 curves.append((dense, ys[:, 0]))
-                if fitted is fits[0]:
+                if fitted is phase_model:
                     phase_states.append(ys)
         predictions[fitted.name] = curves
     if train.fully_observed:

@@ -108,6 +108,15 @@ class PendulumArgumentError(NeurodeInputError):
 
 
 # ----------------------------------------------------------------------------- arguments
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except for flags and for options whose help states its own."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "pendulum",
@@ -115,7 +124,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Learn the dynamics of a damped pendulum from angle measurements with a "
         "black-box neural ODE, a physics-prior hybrid and a pure parameter fit; compare their "
         "fits, extrapolation and recovered constants.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument(

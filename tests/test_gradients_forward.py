@@ -7,7 +7,7 @@ import torch
 
 import neurode
 from neurode.errors import NeurodeInputError, UnknownOptionError
-from neurode.gradients.forward import sensitivities
+from neurode import sensitivities
 
 DTYPE = torch.float64
 STRATEGIES = [("forward", True), ("forward", False), ("reverse", True), ("reverse", False)]

@@ -6,18 +6,26 @@ of computing their gradients, and the models built on them.
 
 from . import errors
 from .api import method_names, odeint, odeint_adjoint, odeint_event, solve
+from .check_gradients import GradientDriftWarning, GradientReport, check_gradients
 from .errors import SolverError
+from .gradients.reversible import ReversibleInstabilityWarning
+from .sensitivities import sensitivities
 from .solution import Solution
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GradientDriftWarning",
+    "GradientReport",
+    "ReversibleInstabilityWarning",
     "Solution",
     "SolverError",
+    "check_gradients",
     "errors",
     "method_names",
     "odeint",
     "odeint_adjoint",
     "odeint_event",
+    "sensitivities",
     "solve",
 ]

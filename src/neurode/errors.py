@@ -44,6 +44,10 @@ class StructureMismatchError(NeurodeInputError):
     """A tuple state and `func`'s output have different structure."""
 
 
+class GradientUnavailableError(NeurodeInputError):
+    """Gradients were requested through a method that cannot provide them."""
+
+
 class SolverError(RuntimeError):
     """A solve failed while running. ``t`` is the time reached."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import NeurodeInputError, SolverError, UnknownOptionError
+from .errors import GradientUnavailableError, SolverError, UnknownOptionError
 from .integrate import Segment, Trajectory, VectorField
 from .methods import register_custom_method
 from .problem import MethodSpec, ODEProblem
@@ -32,10 +32,6 @@ SCIPY_OPTIONS = frozenset(
     {"solver", "min_step", "max_step", "first_step", "norm", "grid_points", "eps", "dtype"}
 )
 """``norm``, ``grid_points``, ``eps`` and ``dtype`` are accepted and ignored (as in torchdiffeq)."""
-
-
-class GradientUnavailableError(NeurodeInputError):
-    """Gradients were requested through a method that cannot provide them."""
 
 
 def _import_solve_ivp():

@@ -1,5 +1,6 @@
 """Datasets: the damped pendulum, noisy spirals, the augmented-ODE toy problems,
-irregular sampling helpers and the pendulum CSV format.
+2-D toy densities, MNIST from its IDX files, irregular sampling helpers and the
+pendulum CSV format.
 
 Every generator is deterministic given its ``seed`` (it draws from its own
 ``torch.Generator``, never the global RNG) and returns float64 unless given a
@@ -21,6 +22,14 @@ from neurode.data.irregular import (
     take_along_time,
     union_time_grid,
 )
+from neurode.data.mnist import (
+    MNIST,
+    MNISTChecksumError,
+    MNISTFormatError,
+    MNISTNotFoundError,
+    default_mnist_dir,
+    load_mnist,
+)
 from neurode.data.pendulum import (
     PendulumDataset,
     PendulumParams,
@@ -31,8 +40,17 @@ from neurode.data.pendulum import (
     simulate_pendulum,
 )
 from neurode.data.spirals import SpiralDataset, make_spirals_dataset, spiral_points
+from neurode.data.toy_densities import TOY_DENSITIES, sample_toy_density
 
 __all__ = [
+    "MNIST",
+    "MNISTChecksumError",
+    "MNISTFormatError",
+    "MNISTNotFoundError",
+    "TOY_DENSITIES",
+    "default_mnist_dir",
+    "load_mnist",
+    "sample_toy_density",
     "DataFormatError",
     "DatasetArgumentError",
     "GridSubsample",

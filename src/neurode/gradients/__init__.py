@@ -55,10 +55,17 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+_loaded = False
+
+
 def _load_builtin() -> None:
+    global _loaded
+    if _loaded:
+        return
     import importlib
     import pkgutil
 
     for info in pkgutil.iter_modules(__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
+    _loaded = True

@@ -59,6 +59,7 @@ from ..integrate import Segment, Trajectory
 from ..problem import ODEProblem
 from ..step_size import rms_norm
 from . import GradientResult, register
+from ._time_gradients import with_time_gradients
 
 _OPTIONS = frozenset({"jacobian", "vectorize", "jacobians"})
 _STRATEGIES = ("auto", "forward", "reverse")
@@ -390,40 +391,33 @@ def solve_forward(
         return _solve_into(
             sink, problem, y0, t_solver, params, jacobian, vectorize, record_segments
         )
-    time_grad = t.requires_grad and torch.is_grad_enabled()
-    if time_grad:
-        y0 = y0 - (t[0] - t[0].detach()) * problem.call_user(t[0], y0)
     trainable = tuple(p for p in params if p.requires_grad)
     stats: dict[str, Any] = {}
-    if torch.is_grad_enabled() and (y0.requires_grad or trainable):
-        runner = {
-            "problem": problem,
-            "t_solver": t_solver,
-            "with_y0": y0.requires_grad,
-            "jacobian": jacobian,
-            "vectorize": vectorize,
-            "record_segments": record_segments,
-            "stats_out": stats,
-        }
-        if y0.requires_grad:
-            ys = _ForwardSensitivitySolve.apply(runner, y0, *trainable)
-        else:
-            ys = _ForwardSensitivitySolve.apply(runner, y0.detach(), *trainable)
-        stats.update(runner["stats"])
-        segments = runner["segments"]
-    else:
+    produced: dict[str, Any] = {}
+
+    def run(start: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (start.requires_grad or trainable):
+            runner = {
+                "problem": problem,
+                "t_solver": t_solver,
+                "with_y0": start.requires_grad,
+                "jacobian": jacobian,
+                "vectorize": vectorize,
+                "record_segments": record_segments,
+                "stats_out": stats,
+            }
+            ys = _ForwardSensitivitySolve.apply(runner, start, *trainable)
+            stats.update(runner["stats"])
+            produced["segments"] = runner["segments"]
+            return ys
         with torch.no_grad():
-            trajectory = problem.integrate(y0, t_solver, record_segments=record_segments)
-        ys, segments = torch.stack(trajectory.ys), trajectory.segments
+            trajectory = problem.integrate(start, t_solver, record_segments=record_segments)
         stats.update(trajectory.stats)
-    if time_grad:
-        ys = torch.stack(
-            [ys[0]]
-            + [
-                y + (t_i - t_i.detach()) * problem.call_user(t_i, y)
-                for t_i, y in zip(t[1:], ys[1:])
-            ]
-        )
+        produced["segments"] = trajectory.segments
+        return torch.stack(trajectory.ys)
+
+    ys = with_time_gradients(problem, y0, t, run)
+    segments = produced["segments"]
     stats["nfe"] = problem.nfe
     return GradientResult(ys=ys, stats=stats, segments=segments)
 
@@ -449,67 +443,6 @@ def _solve_into(sink, problem, y0, t_solver, params, jacobian, vectorize, record
     sink["dy_dparams"] = tuple(blocks)
     stats["nfe"] = problem.nfe
     return GradientResult(ys=ys, stats=stats, segments=segments)
-
-
-def sensitivities(
-    func: Callable,
-    y0: torch.Tensor | tuple[torch.Tensor, ...],
-    t: torch.Tensor | Sequence[float],
-    params: Sequence[torch.Tensor] | None = None,
-    *,
-    method: str | None = "dopri5",
-    rtol: float = 1e-7,
-    atol: float = 1e-9,
-    options: dict[str, Any] | None = None,
-    jacobian: str = "auto",
-    vectorize: bool = True,
-) -> tuple[Any, torch.Tensor, tuple[torch.Tensor, ...]]:
-    """The solution and its Jacobians with respect to ``y0`` and ``params`` at every ``t``.
-
-    Args:
-        func, y0, t, method, rtol, atol, options: as for :func:`neurode.solve`.
-        params: the tensors to differentiate with respect to (default: ``func``'s
-            parameters if it is an ``nn.Module``, else none).
-        jacobian, vectorize: how the Jacobian products are formed (module docstring).
-
-    Returns:
-        ``(ys, dy_dy0, dy_dparams)``: ``ys`` shaped ``(T, *y0.shape)``;
-        ``dy_dy0[i] = ∂y(t_i)/∂y0`` shaped ``(T, *y0.shape, *y0.shape)``;
-        ``dy_dparams[k][i] = ∂y(t_i)/∂params[k]`` shaped ``(T, *y0.shape, *params[k].shape)``.
-        For a tuple ``y0`` the Jacobians are with respect to the flat concatenation of
-        its members, ``(T, n, n)`` and ``(T, n, *params[k].shape)``.
-
-    The Jacobians are exact derivatives of the discrete solve (see the module docstring).
-    """
-    # The public entry point checks and prepares the problem; it sits above this module.
-    from ..api import solve
-
-    if params is None:
-        params = tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ()
-    params = tuple(params)
-    if not all(isinstance(p, torch.Tensor) for p in params):
-        raise NeurodeInputError("params must be a sequence of tensors")
-    sink: dict[str, Any] = {}
-    with torch.no_grad():
-        solution = solve(
-            func,
-            y0,
-            t,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            options=options,
-            gradient="forward",
-            gradient_options={"jacobian": jacobian, "vectorize": vectorize, "jacobians": sink},
-            params=params,
-        )
-    dy_dy0 = sink["dy_dy0"]
-    dy_dparams = sink["dy_dparams"]
-    if isinstance(y0, torch.Tensor):
-        steps, shape = dy_dy0.shape[0], y0.shape
-        dy_dy0 = dy_dy0.reshape(steps, *shape, *shape)
-        dy_dparams = tuple(d.reshape(steps, *shape, *d.shape[2:]) for d in dy_dparams)
-    return solution.ys, dy_dy0, dy_dparams
 
 
 register("forward", solve_forward)

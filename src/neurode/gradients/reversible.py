@@ -90,6 +90,7 @@ from ..solvers.reversible import reversible_step, rk_increment, undo_coupling
 from ..solvers.tableau import ButcherTableau
 from ..step_size import error_ratio, initial_step_size
 from . import GradientResult, register
+from ._time_gradients import with_time_gradients
 
 DEFAULT_COUPLING = 0.999
 _OPTIONS = frozenset({"coupling", "coupling_rate", "step_size", "grid"})
@@ -534,27 +535,19 @@ def solve_reversible(
     record_segments: bool = False,
 ) -> GradientResult:
     settings = _parse_options(problem, t, t_solver, dict(options or {}))
-    time_grad = t.requires_grad and torch.is_grad_enabled()
-    if time_grad:
-        y0 = y0 - (t[0] - t[0].detach()) * problem.call_user(t[0], y0)
     trainable = tuple(p for p in params if p.requires_grad)
     stats: dict[str, Any] = {}
     integrator = _ReversibleIntegrator(
         problem, settings, t_solver, trainable, stats, record_segments
     )
-    if torch.is_grad_enabled() and (y0.requires_grad or trainable):
-        ys = _ReversibleSolve.apply(integrator, y0, *trainable)
-    else:
+
+    def run(start: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (start.requires_grad or trainable):
+            return _ReversibleSolve.apply(integrator, start, *trainable)
         with torch.no_grad():
-            ys = torch.stack(integrator.forward(y0)[0])
-    if time_grad:
-        ys = torch.stack(
-            [ys[0]]
-            + [
-                y + (t_i - t_i.detach()) * problem.call_user(t_i, y)
-                for t_i, y in zip(t[1:], ys[1:])
-            ]
-        )
+            return torch.stack(integrator.forward(start)[0])
+
+    ys = with_time_gradients(problem, y0, t, run)
     stats["nfe"] = problem.nfe
     return GradientResult(ys=ys, stats=stats, segments=integrator.segments)
 

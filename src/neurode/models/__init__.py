@@ -10,7 +10,7 @@
 from .cnf import CNF, CNFOutput, standard_normal_log_prob
 from .concatsquash import ConcatSquashLinear, ConcatSquashMLP
 from .divergence import exact_divergence, hutchinson_divergence
-from .hybrid import HybridODE, PendulumPhysics
+from .hybrid import HybridODE, PendulumPhysics, linear_friction_fit
 from .latent_ode import ELBO, LatentODE, LatentODEOutput
 from .mnist import ODENet, ResNet, RKNet
 from .ode_rnn import ODERNN
@@ -27,6 +27,7 @@ __all__ = [
     "SequencePredictor",
     "exact_divergence",
     "hutchinson_divergence",
+    "linear_friction_fit",
     "standard_normal_log_prob",
     "HybridODE",
     "LatentODE",

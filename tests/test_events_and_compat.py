@@ -12,7 +12,7 @@ G = 9.81
 
 
 def _falling(t, state):
-    height, velocity = state[..., 0], state[..., 1]
+    velocity = state[..., 1]
     return torch.stack([velocity, torch.full_like(velocity, -G)], dim=-1)
 
 

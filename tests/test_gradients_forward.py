@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import neurode
-from neurode.errors import NeurodeInputError, UnknownOptionError
 from neurode import sensitivities
+from neurode.errors import NeurodeInputError, UnknownOptionError
 
 DTYPE = torch.float64
 STRATEGIES = [("forward", True), ("forward", False), ("reverse", True), ("reverse", False)]

@@ -119,7 +119,8 @@ def _check_tolerance(name: str, value: Any, layout: TupleLayout | None, like: to
         torch.broadcast_shapes(value.shape, like.shape)
     except RuntimeError:
         raise InvalidToleranceError(
-            f"{name} of shape {tuple(value.shape)} does not broadcast to the state {tuple(like.shape)}"
+            f"{name} of shape {tuple(value.shape)} does not broadcast to the state "
+            f"{tuple(like.shape)}"
         ) from None
     return value
 

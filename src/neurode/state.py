@@ -41,7 +41,8 @@ class TupleLayout:
                 else f"a {type(output).__name__}"
             )
             raise StructureMismatchError(
-                f"func must return a tuple of {len(self.shapes)} tensors like y0, but returned {got}"
+                f"func must return a tuple of {len(self.shapes)} tensors like y0, "
+                f"but returned {got}"
             )
         for i, (out, shape) in enumerate(zip(output, self.shapes)):
             if not isinstance(out, torch.Tensor):

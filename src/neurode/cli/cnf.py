@@ -21,7 +21,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -29,13 +28,21 @@ from typing import Any
 
 import torch
 
-from ..api import method_names
 from ..data.toy_densities import TOY_DENSITIES, eight_gaussians_log_density, sample_toy_density
 from ..errors import NeurodeInputError, UnknownMethodError
 from ..gradients import names as gradient_names
 from ..models.cnf import CNF, TRACE_ESTIMATORS
 from ..models.concatsquash import ConcatSquashMLP
 from ..models.divergence import PROBE_DISTRIBUTIONS
+from ..train.progress import ProgressBar
+from ._common import (
+    add_run_options,
+    arguments_record,
+    require_at_least_one,
+    require_method,
+    require_positive,
+    write_metrics,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -91,34 +98,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--jacobian", type=float, default=0.0, help="RNODE weight of ∫‖∂f/∂z‖_F² dt (0: off)"
     )
     parser.add_argument("--grid", type=int, default=100, help="resolution of the density plot")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data and initialisation")
-    parser.add_argument("--out", type=Path, default=Path("runs/cnf"), help="output folder")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(run=run)
+    add_run_options(parser, "cnf", run)
     return parser
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    positive_ints = ("epochs", "train_size", "test_size", "batch_size")
-    for name in positive_ints:
-        if getattr(args, name) < 1:
-            raise NeurodeInputError(f"--{name.replace('_', '-')} must be at least 1")
+    require_at_least_one(args, ("epochs", "train_size", "test_size", "batch_size"))
     if args.grid < 2:
         raise NeurodeInputError("--grid must be at least 2")
     if any(width < 1 for width in args.hidden):
         raise NeurodeInputError("--hidden widths must be positive")
-    for name in ("lr", "t1", "tol"):
-        value = getattr(args, name)
-        if not (math.isfinite(value) and value > 0):
-            raise NeurodeInputError(f"--{name} must be a positive number, got {value}")
+    require_positive(args, ("lr", "t1", "tol"))
     for name in ("kinetic", "jacobian"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value >= 0):
             raise NeurodeInputError(f"--{name} must be a non-negative number, got {value}")
-    if args.method not in method_names():
-        raise UnknownMethodError(
-            f"unknown --method {args.method!r}; choose from {', '.join(method_names())}"
-        )
+    require_method(args, "method")
     if args.gradient not in gradient_names():
         raise UnknownMethodError(
             f"unknown --gradient {args.gradient!r}; choose from {', '.join(gradient_names())}"
@@ -155,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
 
     batches_per_epoch = math.ceil(args.train_size / args.batch_size)
     history: dict[str, list[float]] = {"loss": [], "nfe_forward": [], "nfe_backward": []}
-    progress = _progress_bar(args.epochs * batches_per_epoch, not args.no_progress, args.dataset)
+    progress = ProgressBar(
+        args.epochs * batches_per_epoch, description=args.dataset, enabled=not args.no_progress
+    )
     start = time.perf_counter()
     for _ in range(args.epochs):
         order = torch.randperm(args.train_size)
@@ -170,8 +167,7 @@ def run(args: argparse.Namespace) -> int:
             history["loss"].append(float(loss.detach()))
             history["nfe_forward"].append(after_forward - before)
             history["nfe_backward"].append(model.nfe - after_forward)
-            progress.set_postfix(loss=f"{float(loss.detach()):.3f}", nfe=after_forward - before)
-            progress.update(1)
+            progress.update(1, loss=f"{float(loss.detach()):.3f}", nfe=after_forward - before)
     progress.close()
     train_seconds = time.perf_counter() - start
 
@@ -186,9 +182,7 @@ def run(args: argparse.Namespace) -> int:
     last = history["nfe_forward"][-batches_per_epoch:]
     last_backward = history["nfe_backward"][-batches_per_epoch:]
     metrics: dict[str, Any] = {
-        "arguments": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "run"
-        },
+        "arguments": arguments_record(args),
         "test_log_likelihood": test_log_likelihood,
         "reference_log_likelihood": reference,
         "nfe_forward": sum(last) / len(last),
@@ -197,9 +191,10 @@ def run(args: argparse.Namespace) -> int:
         "train_seconds": train_seconds,
         "history": history,
     }
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics_path = write_metrics(args.out, metrics)
     _plot(model, train, test, args)
     _print_summary(metrics, args)
+    print(f"wrote {metrics_path} and plots")
     return 0
 
 
@@ -225,28 +220,6 @@ def _print_summary(metrics: dict[str, Any], args: argparse.Namespace) -> None:
     print("| quantity | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
-    print(f"wrote {args.out / 'metrics.json'} and plots")
-
-
-class _NoProgress:
-    def set_postfix(self, **_: Any) -> None:
-        pass
-
-    def update(self, _: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int, enabled: bool, description: str) -> Any:
-    if not enabled:
-        return _NoProgress()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoProgress()
-    return tqdm(total=total, desc=description, unit="it", leave=False)
 
 
 def _plot(model: CNF, train: torch.Tensor, test: torch.Tensor, args: argparse.Namespace) -> None:

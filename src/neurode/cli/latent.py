@@ -37,25 +37,31 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..api import method_names
 from ..data.irregular import subsample_grid
 from ..data.pendulum import make_pendulum_dataset
 from ..data.spirals import make_spirals_dataset
-from ..errors import NeurodeInputError, UnknownMethodError
+from ..errors import NeurodeInputError
 from ..models.latent_ode import LatentODE
 from ..models.ode_rnn import ODERNN
 from ..models.rnn_baseline import TimeGapGRU
 from ..models.sequence_predictor import SequencePredictor
+from ..train.progress import ProgressBar
+from ._common import (
+    add_run_options,
+    arguments_record,
+    require_at_least_one,
+    require_method,
+    require_positive,
+    write_metrics,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -130,10 +136,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="solver between time points of the ODE-RNN encoder and baseline (one step per gap "
         "for fixed-step methods)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of data and initialisation")
-    parser.add_argument("--out", type=Path, default=Path("runs/latent"), help="output folder")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(run=run)
+    add_run_options(parser, "latent", run)
     return parser
 
 
@@ -153,9 +156,9 @@ class _Task:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    for name in ("epochs", "test_size", "batch_size", "latent_dim", "hidden", "width"):
-        if getattr(args, name) < 1:
-            raise NeurodeInputError(f"--{name.replace('_', '-')} must be at least 1")
+    require_at_least_one(
+        args, ("epochs", "test_size", "batch_size", "latent_dim", "hidden", "width")
+    )
     if args.train_size < 2:
         raise NeurodeInputError("--train-size must be at least 2")
     limit = _SPIRAL_WINDOW if args.dataset == "spirals" else _PENDULUM_WINDOW
@@ -166,10 +169,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
             )
     if not 0 <= args.missing < 1:
         raise NeurodeInputError(f"--missing must be in [0, 1), got {args.missing}")
-    for name in ("lr", "tol"):
-        value = getattr(args, name)
-        if not (math.isfinite(value) and value > 0):
-            raise NeurodeInputError(f"--{name} must be a positive number, got {value}")
+    require_positive(args, ("lr", "tol"))
     for name in ("obs_std", "noise"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
@@ -177,11 +177,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.obs_std == 0:
         raise NeurodeInputError("--obs-std must be positive")
     for option in ("method", "encoder_method"):
-        if getattr(args, option) not in method_names():
-            raise UnknownMethodError(
-                f"unknown --{option.replace('_', '-')} {getattr(args, option)!r}; "
-                f"choose from {', '.join(method_names())}"
-            )
+        require_method(args, option)
 
 
 def _spiral_task(args: argparse.Namespace, n_obs: int) -> _Task:
@@ -286,7 +282,7 @@ def _training_loss(name: str, model: nn.Module, task: _Task, index: torch.Tensor
 
 
 def _train(
-    name: str, model: nn.Module, task: _Task, args: argparse.Namespace, progress: Any
+    name: str, model: nn.Module, task: _Task, args: argparse.Namespace, progress: ProgressBar
 ) -> list[float]:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.1 ** (1 / args.epochs))
@@ -301,8 +297,7 @@ def _train(
             nn.utils.clip_grad_norm_(model.parameters(), _GRADIENT_CLIP)
             optimizer.step()
             total, batches = total + float(loss.detach()), batches + 1
-            progress.set_postfix(model=name, loss=f"{float(loss.detach()):.3f}")
-            progress.update(1)
+            progress.update(1, model=name, loss=f"{float(loss.detach()):.3f}")
         schedule.step()
         history.append(total / batches)
     return history
@@ -338,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
     iterations = (
         len(tasks) * len(models) * args.epochs * math.ceil(args.train_size / args.batch_size)
     )
-    progress = _progress_bar(iterations, not args.no_progress, args.dataset)
+    progress = ProgressBar(iterations, description=args.dataset, enabled=not args.no_progress)
     results: list[dict[str, Any]] = []
     for task in tasks:
         test = torch.arange(task.n_train, task.clean.shape[0])
@@ -365,16 +360,14 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     metrics = {
         "dataset": args.dataset,
-        "arguments": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "run"
-        },
+        "arguments": arguments_record(args),
         "results": results,
     }
     if args.dataset == "spirals":
         metrics["paper_rmse"] = _PAPER_SPIRAL_RMSE
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics_path = write_metrics(args.out, metrics)
     _print_table(results, args.dataset)
-    print(f"wrote {args.out / 'metrics.json'} and plots")
+    print(f"wrote {metrics_path} and plots")
     return 0
 
 
@@ -400,27 +393,6 @@ def _print_table(results: list[dict[str, Any]], dataset: str) -> None:
                 f"| {row['n_obs']} | {row['model']} | {row['interpolation_mse']:.4f} | "
                 f"{row['extrapolation_mse']:.4f} | {row['train_seconds']:.0f} |"
             )
-
-
-class _NoProgress:
-    def set_postfix(self, **_: Any) -> None:
-        pass
-
-    def update(self, _: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int, enabled: bool, description: str) -> Any:
-    if not enabled:
-        return _NoProgress()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoProgress()
-    return tqdm(total=total, desc=description, unit="it", leave=False)
 
 
 def _plot(

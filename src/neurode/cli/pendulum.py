@@ -189,6 +189,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     output.add_argument("--no-plots", action="store_true", help="do not write PNG figures")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
+    output.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the models are too small to gain from more)",
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -251,6 +257,8 @@ def _validate(args: argparse.Namespace) -> _Settings:
         )
     if args.epochs < 1:
         raise PendulumArgumentError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.threads < 1:
+        raise PendulumArgumentError(f"--threads must be at least 1, got {args.threads}")
     if args.resume and not (args.out / "checkpoints" / "run.json").is_file():
         raise CheckpointError(f"--resume: no checkpoints in {args.out / 'checkpoints'}")
     if args.method not in method_names():
@@ -790,7 +798,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         raise PendulumArgumentError(f"--out: cannot create {out}: {error.strerror}") from None
     _prepare_output(out, settings, args.resume)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+    # The models are a few hundred parameters: extra threads only add synchronisation.
+    torch.set_num_threads(args.threads)
 
     print(f"data: {experiment.source}", flush=True)
     fits = []

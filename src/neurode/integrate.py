@@ -17,12 +17,14 @@ import torch
 
 from .errors import MaxStepsExceededError, NonFiniteStateError, StepSizeTooSmallError
 from .solvers.runge_kutta import (
+    RungeKuttaStep,
+    RungeKuttaStepper,
+    can_fuse,
     dense_evaluate,
     hermite_interpolate,
-    runge_kutta_step,
 )
 from .solvers.tableau import ButcherTableau
-from .step_size import Norm, PIDController, error_ratio, initial_step_size
+from .step_size import ErrorNorm, Norm, PIDController, initial_step_size
 
 VectorField = Callable[[float, torch.Tensor, int], torch.Tensor]
 EventFunction = Callable[[float, torch.Tensor], torch.Tensor]
@@ -64,6 +66,13 @@ class Trajectory:
     segments: list[Segment] | None = None
     event_time: float | None = None
     event_state: torch.Tensor | None = None
+    stacked: torch.Tensor | None = None
+    """``torch.stack(ys)`` when the loop wrote the states into one tensor (``ys`` are
+    then its rows): use it instead of stacking again."""
+
+    def stack(self) -> torch.Tensor:
+        """The saved states as one tensor ``(len(ys), *state_shape)``, copied only if needed."""
+        return torch.stack(self.ys) if self.stacked is None else self.stacked
 
 
 @dataclass
@@ -88,11 +97,73 @@ class Callbacks:
 
 
 def _check_finite(tensor: torch.Tensor, what: str, t: float) -> None:
-    if not bool(torch.isfinite(tensor).all()):
-        raise NonFiniteStateError(
-            f"{what} became NaN or infinite at t={t:.6g}; the dynamics may blow up there. "
-            "Check func for overflow, lower the tolerances, or shorten the time span.",
-            t=t,
+    # A NaN or infinity anywhere makes the sum non-finite; only then (or when the sum
+    # overflows) is the elementwise test, which allocates a mask, needed.
+    total = tensor.detach().sum().item()
+    if math.isfinite(abs(total)) or bool(torch.isfinite(tensor).all()):
+        return
+    raise NonFiniteStateError(
+        f"{what} became NaN or infinite at t={t:.6g}; the dynamics may blow up there. "
+        "Check func for overflow, lower the tolerances, or shorten the time span.",
+        t=t,
+    )
+
+
+class _SavedStates:
+    """The states at the save times, collected step by step.
+
+    Without autograd they are written straight into one ``(len(t_eval), *shape)``
+    tensor, which is what the caller returns: the dense output of a step is one
+    matrix product into its rows, and no stacking copy follows.
+    """
+
+    def __init__(self, y0: torch.Tensor, count: int, preallocate: bool):
+        self.buffer = None
+        self.ys = [y0]
+        if preallocate:
+            self.buffer = torch.empty((count, *y0.shape), dtype=y0.dtype, device=y0.device)
+            self.buffer[0].copy_(y0)
+        self.filled = 1
+
+    def add(
+        self,
+        stepper: RungeKuttaStepper,
+        step: RungeKuttaStep,
+        t0: float,
+        y0: torch.Tensor,
+        f1: torch.Tensor | None,
+        h: float,
+        times: Sequence[float],
+        t1: float,
+    ) -> None:
+        """The accepted step from ``t0`` to ``t1`` holds ``times`` (increasing, in ``(t0, t1]``)."""
+        ends_on_t1 = times[-1] == t1
+        thetas = [(te - t0) / h for te in (times[:-1] if ends_on_t1 else times)]
+        if self.buffer is None:
+            if thetas:
+                self.ys += stepper.dense_states(step, y0, f1, h, thetas)
+            if ends_on_t1:
+                self.ys.append(step.y1)
+        else:
+            rows = self.buffer[self.filled : self.filled + len(times)]
+            if thetas:
+                stepper.dense_states(step, y0, f1, h, thetas, out=rows[: len(thetas)])
+            if ends_on_t1:
+                rows[-1].copy_(step.y1)
+        self.filled += len(times)
+
+    def add_state(self, y: torch.Tensor) -> None:
+        if self.buffer is None:
+            self.ys.append(y)
+        else:
+            self.buffer[self.filled].copy_(y)
+        self.filled += 1
+
+    def trajectory(self, stats: dict[str, int], segments: list[Segment] | None) -> Trajectory:
+        if self.buffer is None:
+            return Trajectory(ys=self.ys, stats=stats, segments=segments)
+        return Trajectory(
+            ys=list(self.buffer.unbind(0)), stats=stats, segments=segments, stacked=self.buffer
         )
 
 
@@ -106,6 +177,10 @@ class _OutputCursor:
     @property
     def done(self) -> bool:
         return self.next >= len(self.t_eval)
+
+    def next_time(self) -> float:
+        """The next save time; infinity once every one is handed out."""
+        return self.t_eval[self.next] if self.next < len(self.t_eval) else math.inf
 
     def take_until(self, t1: float) -> list[float]:
         start = self.next
@@ -163,8 +238,10 @@ def integrate_adaptive(
             options.norm,
         )
 
+    stepper = RungeKuttaStepper(tableau, y0, fused=can_fuse(y0, f0))
+    error_norm = ErrorNorm(y0, options.rtol, options.atol, options.norm)
     cursor = _OutputCursor(t_eval)
-    ys = [y0]
+    saved = _SavedStates(y0, len(t_eval), preallocate=stepper.fused and event_fn is None)
     segments: list[Segment] | None = [] if record_segments else None
     accepted = rejected = 0
     keep_f1 = tableau.dense is None
@@ -173,20 +250,27 @@ def integrate_adaptive(
     if event_fn is not None:
         with torch.no_grad():
             event_sign = torch.sign(event_fn(t, y))
+    # Hoisted out of the loop, which runs once per step.
+    max_num_steps = options.max_num_steps
+    min_step, max_step = controller.min_step, controller.max_step
+    step_callback, accept_callback = callbacks.step, callbacks.accept_step
+    reject_callback = callbacks.reject_step
+    next_save = math.inf if event_fn is not None else cursor.next_time()
+    next_break_time = breakpoints[0] if breakpoints else math.inf
 
-    while event_fn is not None or not cursor.done:
-        if accepted + rejected >= options.max_num_steps:
+    while next_save <= t_end:
+        if accepted + rejected >= max_num_steps:
             raise MaxStepsExceededError(
-                f"max_num_steps={options.max_num_steps} exceeded at t={t:.6g} "
+                f"max_num_steps={max_num_steps} exceeded at t={t:.6g} "
                 f"(step size {step_size:.3g}); raise options['max_num_steps'], loosen "
                 "rtol/atol, or use an implicit method if the problem is stiff.",
                 t=t,
             )
-        step_size = controller.clip(step_size)
+        step_size = min(max(step_size, min_step), max_step)
         t1 = min(t + step_size, t_end)
-        on_breakpoint = next_break < len(breakpoints) and breakpoints[next_break] <= t1
+        on_breakpoint = next_break_time <= t1
         if on_breakpoint:
-            t1 = breakpoints[next_break]
+            t1 = next_break_time
         on_jump = on_breakpoint and t1 in jump_points
         h = t1 - t
         # A step within a few ulps of t makes no progress: scipy's rule, so that a
@@ -205,17 +289,15 @@ def integrate_adaptive(
                 "near this time, or use an implicit method if the problem is stiff.",
                 t=t,
             )
-        if callbacks.step is not None:
-            callbacks.step(t, y, h)
-        result = runge_kutta_step(tableau, func, t, y, f0, h, t1=t1, perturb_end=has_jumps)
-        ratio = error_ratio(
-            result.error_estimate, y, result.y1, options.rtol, options.atol, options.norm
-        )
+        if step_callback is not None:
+            step_callback(t, y, h)
+        result = stepper.step(func, t, y, f0, h, t1=t1, perturb_end=has_jumps)
+        ratio = error_norm.ratio(result.error_estimate, y, result.y1)
         last_ratio_finite = math.isfinite(ratio)
-        accept = last_ratio_finite and (ratio <= 1.0 or h <= controller.min_step)
+        accept = last_ratio_finite and (ratio <= 1.0 or h <= min_step)
         if accept:
-            if callbacks.accept_step is not None:
-                callbacks.accept_step(t, y, h)
+            if accept_callback is not None:
+                accept_callback(t, y, h)
             accepted += 1
             y1 = result.y1
             f1 = result.f1
@@ -223,9 +305,11 @@ def integrate_adaptive(
                 # Non-FSAL methods need f(t1, y1) for the next step anyway; after a jump
                 # it is taken from the right of the discontinuity.
                 f1 = func(t1, y1, 1 if on_jump else 0)
-            segment = Segment(t, t1, y, y1, result.stages, f1 if keep_f1 else None, tableau)
-            for te in cursor.take_until(t1):
-                ys.append(y1 if te == t1 else segment.evaluate(te))
+            if next_save <= t1:
+                saved.add(stepper, result, t, y, f1, h, cursor.take_until(t1), t1)
+                next_save = cursor.next_time()
+            if segments is not None or event_fn is not None:
+                segment = Segment(t, t1, y, y1, result.stages, f1 if keep_f1 else None, tableau)
             if segments is not None:
                 segments.append(segment)
             if event_fn is not None:
@@ -237,16 +321,19 @@ def integrate_adaptive(
                     return trajectory
             if on_breakpoint:
                 next_break += 1
+                next_break_time = (
+                    breakpoints[next_break] if next_break < len(breakpoints) else math.inf
+                )
             t, y, f0 = t1, y1, f1
         else:
-            if callbacks.reject_step is not None:
-                callbacks.reject_step(t, y, h)
+            if reject_callback is not None:
+                reject_callback(t, y, h)
             rejected += 1
         step_size = controller.propose(h, ratio, order, accept)
         if not last_ratio_finite and step_size < 1e-13 * max(abs(t), 1.0):
             _check_finite(result.y1, "the state", t)
 
-    return Trajectory(ys=ys, stats=_stats(accepted, rejected), segments=segments)
+    return saved.trajectory(_stats(accepted, rejected), segments)
 
 
 def _stats(accepted: int, rejected: int) -> dict[str, int]:
@@ -308,10 +395,11 @@ def integrate_fixed(
     if interp not in ("linear", "cubic"):
         raise ValueError(f"interp must be 'linear' or 'cubic', got {interp!r}")
     cursor = _OutputCursor(t_eval)
-    ys = [y0]
+    saved = _SavedStates(y0, len(t_eval), preallocate=False)
     segments: list[Segment] | None = [] if record_segments else None
     y = y0
     steps = 0
+    stepper = None
     for t, t1 in zip(grid[:-1], grid[1:]):
         if cursor.done:
             break
@@ -319,9 +407,10 @@ def integrate_fixed(
         if callbacks.step is not None:
             callbacks.step(t, y, h)
         f0 = func(t, y, 1 if perturb else 0)
-        result = runge_kutta_step(
-            tableau, func, t, y, f0, h, t1=t1, perturb_end=perturb, with_error=False
-        )
+        if stepper is None:
+            stepper = RungeKuttaStepper(tableau, y0, fused=can_fuse(y0, f0))
+            saved = _SavedStates(y0, len(t_eval), preallocate=stepper.fused)
+        result = stepper.step(func, t, y, f0, h, t1=t1, perturb_end=perturb, with_error=False)
         y1 = result.y1
         steps += 1
         if callbacks.accept_step is not None:
@@ -333,11 +422,11 @@ def integrate_fixed(
         else:
             segment = Segment(t, t1, y, y1, [f0], None, None)
         for te in saves:
-            ys.append(y1 if te == t1 else segment.evaluate(te))
+            saved.add_state(y1 if te == t1 else segment.evaluate(te))
         if segments is not None:
             segments.append(segment)
         y = y1
-    return Trajectory(ys=ys, stats=_stats(steps, 0), segments=segments)
+    return saved.trajectory(_stats(steps, 0), segments)
 
 
 _HERMITE = ButcherTableau(name="hermite", order=3, c=(0.0,), a=((),), b=(1.0,))

@@ -58,11 +58,18 @@ class ODEProblem:
     callbacks: Callbacks = field(default_factory=Callbacks)
     nfe: int = 0
     _checked: bool = False
+    _time_key: float | None = field(default=None, repr=False)
+    _time_value: torch.Tensor | None = field(default=None, repr=False)
+    """The last time tensor handed to ``func`` and its solver time: stages at equal
+    times (dopri5's last two, a step's end and the next one's start) share it."""
 
     # ----------------------------------------------------------------- vector field
     def time_tensor(self, t: float) -> torch.Tensor:
         """The user's time for solver time ``t`` (negated when integrating backwards)."""
-        return torch.tensor(-t if self.reversed else t, dtype=self.time_dtype, device=self.device)
+        # scalar_tensor: a third of torch.tensor's cost, and this runs once per evaluation.
+        return torch.scalar_tensor(
+            -t if self.reversed else t, dtype=self.time_dtype, device=self.device
+        )
 
     def user_time(self, t: float) -> float:
         return -t if self.reversed else t
@@ -87,10 +94,15 @@ class ODEProblem:
 
     def vector_field(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
         """dy/ds at solver time ``s = t`` (``perturb`` = ±1 nudges ``t`` by one ulp)."""
-        tt = self.time_tensor(t)
         if perturb:
+            tt = self.time_tensor(t)
             direction = -perturb if self.reversed else perturb
             tt = torch.nextafter(tt, tt + direction)
+        elif t == self._time_key:
+            tt = self._time_value
+        else:
+            tt = self._time_value = self.time_tensor(t)
+            self._time_key = t
         out = self.call_user(tt, y)
         return -out if self.reversed else out
 

@@ -48,6 +48,71 @@ def error_ratio(
     return float(value)
 
 
+_TOLERANCE_TENSORS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _tolerance_tensor(
+    value: float | torch.Tensor, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """A tolerance as a tensor; the 0-dim ones of plain floats are made once and shared."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype=dtype, device=device)
+    key = (float(value), dtype, device)
+    tensor = _TOLERANCE_TENSORS.get(key)
+    if tensor is None:
+        if len(_TOLERANCE_TENSORS) > 256:
+            _TOLERANCE_TENSORS.clear()
+        tensor = _TOLERANCE_TENSORS[key] = torch.tensor(float(value), dtype=dtype, device=device)
+    return tensor
+
+
+def _detached(x: torch.Tensor) -> torch.Tensor:
+    return x.detach() if x.requires_grad else x
+
+
+class ErrorNorm:
+    """:func:`error_ratio` for the steps of one solve, with the per-solve work done once.
+
+    The tolerances become tensors once; ``atol + rtol·|y|`` of a state is kept
+    and reused when that state starts the next step (or the same step again
+    after a rejection), since ``max(|y0|, |y1|)`` scaled equals the maximum of
+    the two scaled terms; and the default RMS norm is one dot product.
+    """
+
+    def __init__(
+        self,
+        like: torch.Tensor,
+        rtol: float | torch.Tensor,
+        atol: float | torch.Tensor,
+        norm: Norm | None,
+    ):
+        dtype = like.real.dtype if like.is_complex() else like.dtype
+        self._rtol = _tolerance_tensor(rtol, dtype, like.device)
+        self._atol = _tolerance_tensor(atol, dtype, like.device)
+        self._norm = norm
+        self._dot = norm is None and like.dtype in (torch.float32, torch.float64)
+        self._count = max(like.numel(), 1)
+        self._cache: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
+
+    def _scale(self, y: torch.Tensor) -> torch.Tensor:
+        for state, scale in self._cache:
+            if state is y:
+                return scale
+        return torch.addcmul(self._atol, _detached(y).abs(), self._rtol)
+
+    def ratio(self, error_estimate: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor) -> float:
+        """``‖ e / (atol + rtol · max(|y0|, |y1|)) ‖`` as a Python float."""
+        scale0, scale1 = self._scale(y0), self._scale(y1)
+        self._cache = ((y0, scale0), (y1, scale1))
+        scaled = _detached(error_estimate) / torch.maximum(scale0, scale1)
+        if self._dot:
+            flat = scaled.reshape(-1)
+            return math.sqrt(float(torch.dot(flat, flat)) / self._count)
+        if self._norm is None:
+            return float(rms_norm(scaled))
+        return float(self._norm(scaled))
+
+
 @dataclass
 class PIDController:
     """Proposes the next step size from the error ratios of recent steps."""
@@ -120,8 +185,13 @@ def initial_step_size(
     norm_fn = rms_norm if norm is None else norm
     with torch.no_grad():
         scale = y0.abs().mul_(rtol).add_(atol)
-        d0 = float(norm_fn(y0 / scale))
-        d1 = float(norm_fn(f0 / scale))
+        if norm is None and f0.dtype == y0.dtype:
+            both = torch.stack((y0, f0)).div_(scale).view(2, -1)
+            root_n = math.sqrt(max(y0.numel(), 1))
+            d0, d1 = (x / root_n for x in torch.linalg.vector_norm(both, dim=1).tolist())
+        else:
+            d0 = float(norm_fn(y0 / scale))
+            d1 = float(norm_fn(f0 / scale))
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         y1 = torch.add(y0, f0, alpha=h0)
         f1 = func(t0 + h0, y1)

@@ -2,14 +2,27 @@
 
 The step is a pure function of tensors: given ``f0 = f(t, y0)`` it evaluates the
 remaining stages, combines them into ``y1`` and (for embedded pairs) the error
-estimate, and returns the stages for the dense output. Coefficients are
-pre-multiplied by the step size once per step and applied with fused
-``add(..., alpha=...)`` so that zero coefficients cost nothing.
+estimate, and returns the stages for the dense output.
+
+Every combination ``y0 + h Σ_j w_j k_j`` is one BLAS call on the stages laid
+out as the rows of an ``(i, N)`` matrix: ``addmv`` for a stage input, ``y1`` and
+the error estimate, ``addmm`` for all save points inside a step at once. That
+is one tensor operation per stage instead of up to ``s`` chained additions,
+which is what the loop's own cost is made of on small states, and fewer passes
+over memory on large ones. Where that matrix comes from is the only difference
+between the two ways of stepping, and the results agree bit for bit:
+
+- :func:`runge_kutta_step` stacks the stages afresh for each combination. Every
+  operation is out of place, so it is safe under autograd and inside
+  ``torch.func`` transforms.
+- :class:`RungeKuttaStepper` with ``fused=True`` copies each stage into a row of
+  one matrix kept for the whole solve. The in-place writes are why it serves
+  only solves without autograd (:func:`can_fuse`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +65,46 @@ class RungeKuttaStep:
     stages: list[torch.Tensor]
 
 
+@dataclass(frozen=True)
+class _CoefficientTensors:
+    a: list[torch.Tensor]
+    """``a[i]``: the ``i`` weights of stage ``i`` on the stages before it."""
+    b: torch.Tensor
+    b_error: torch.Tensor | None
+    dense: torch.Tensor | None
+    """``dense[j, i]``: the coefficient of ``θ^(j+1)`` in ``b_i(θ)``."""
+
+
+_COEFFICIENT_CACHE: dict[tuple[int, torch.dtype, torch.device], tuple] = {}
+
+
+def _coefficient_tensors(
+    tableau: ButcherTableau, dtype: torch.dtype, device: torch.device
+) -> _CoefficientTensors:
+    """The tableau as tensors, made once per tableau, dtype and device."""
+    key = (id(tableau), dtype, device)
+    cached = _COEFFICIENT_CACHE.get(key)
+    if cached is not None and cached[0] is tableau:
+        return cached[1]
+
+    def as_tensor(values) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    dense = None
+    if tableau.dense is not None:
+        degree = max(len(row) for row in tableau.dense)
+        padded = [list(row) + [0.0] * (degree - len(row)) for row in tableau.dense]
+        dense = as_tensor(padded).t().contiguous()
+    tensors = _CoefficientTensors(
+        a=[as_tensor(row) for row in tableau.a],
+        b=as_tensor(tableau.b),
+        b_error=None if tableau.b_error is None else as_tensor(tableau.b_error),
+        dense=dense,
+    )
+    _COEFFICIENT_CACHE[key] = (tableau, tensors)
+    return tensors
+
+
 def runge_kutta_step(
     tableau: ButcherTableau,
     func: StageFunction,
@@ -73,23 +126,45 @@ def runge_kutta_step(
     """
     h = step_size
     t_end = t + h if t1 is None else t1
+    end_perturb = -1 if perturb_end else 0
+    coefficients = _coefficient_tensors(tableau, y0.dtype, y0.device)
+    flat0 = y0.reshape(-1)
     stages = [f0]
-    a, c = tableau.a, tableau.c
-    y1 = None
+    y_stage = y0
     for i in range(1, tableau.stages):
-        y_stage = linear_combination(y0, stages, [h * a_ij for a_ij in a[i]])
-        if tableau.fsal and i == tableau.stages - 1:
-            y1 = y_stage
-        if c[i] == 1.0:
-            stages.append(func(t_end, y_stage, -1 if perturb_end else 0))
-        else:
-            stages.append(func(t + c[i] * h, y_stage, 0))
-    if y1 is None:
-        y1 = linear_combination(y0, stages, [h * b_i for b_i in tableau.b])
-    f1 = stages[-1] if tableau.fsal else None
+        columns = torch.stack(stages).view(i, -1).t()
+        y_stage = torch.addmv(flat0, columns, coefficients.a[i], alpha=h).view_as(y0)
+        c_i = tableau.c[i]
+        t_stage, perturb = (t_end, end_perturb) if c_i == 1.0 else (t + c_i * h, 0)
+        stages.append(func(t_stage, y_stage, perturb))
+    columns = torch.stack(stages).view(tableau.stages, -1).t()
+    return _finish_step(
+        coefficients, tableau.fsal, flat0, y0, y_stage, columns, stages, h, with_error
+    )
+
+
+def _finish_step(
+    coefficients: _CoefficientTensors,
+    fsal: bool,
+    flat0: torch.Tensor,
+    y0: torch.Tensor,
+    last_stage_input: torch.Tensor,
+    columns: torch.Tensor,
+    stages: list[torch.Tensor],
+    h: float,
+    with_error: bool,
+) -> RungeKuttaStep:
+    """``y1`` (the last stage's input when first-same-as-last) and the error estimate."""
+    if fsal:
+        y1, f1 = last_stage_input, stages[-1]
+    else:
+        y1 = torch.addmv(flat0, columns, coefficients.b, alpha=h).view_as(y0)
+        f1 = None
     error_estimate = None
-    if with_error and tableau.b_error is not None:
-        error_estimate = linear_combination(None, stages, [h * e_i for e_i in tableau.b_error])
+    if with_error and coefficients.b_error is not None:
+        # beta=0: the first argument only supplies the shape and is not read.
+        error = torch.addmv(flat0, columns, coefficients.b_error, beta=0, alpha=h)
+        error_estimate = error.view_as(y0)
     return RungeKuttaStep(y1=y1, f1=f1, error_estimate=error_estimate, stages=stages)
 
 
@@ -150,3 +225,148 @@ def dense_evaluate(
     if f1 is None:
         raise ValueError("Hermite dense output needs f(t1, y1)")
     return hermite_interpolate(y0, y1, stages[0], f1, step_size, theta)
+
+
+def _plain(tensor: torch.Tensor) -> bool:
+    """An ordinary strided tensor: no autograd history, no functorch wrapper, no tangent."""
+    return (
+        type(tensor) is torch.Tensor
+        and tensor.layout == torch.strided
+        and not tensor.requires_grad
+        and (tensor.is_floating_point() or tensor.is_complex())
+        and not torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+        and torch.autograd.forward_ad.unpack_dual(tensor).tangent is None
+    )
+
+
+def can_fuse(y0: torch.Tensor, f0: torch.Tensor) -> bool:
+    """Whether the in-place stage matrix of :class:`RungeKuttaStepper` is safe here.
+
+    It is when nothing records gradients: autograd is off and the state and the
+    first evaluation of ``f`` are plain tensors.
+    """
+    return not torch.is_grad_enabled() and _plain(y0) and _plain(f0)
+
+
+class RungeKuttaStepper:
+    """The steps of one tableau on one state, with the per-solve preparation done once.
+
+    ``fused=False`` is :func:`runge_kutta_step`. ``fused=True`` (see the module
+    notes; only where :func:`can_fuse` holds) keeps the stages of the latest step
+    as rows of one matrix: :meth:`dense_states` must then be called for a step
+    before the next one starts. Either way the returned stages are the tensors
+    ``f`` returned, never overwritten later, so they can back a dense-output
+    segment.
+    """
+
+    def __init__(self, tableau: ButcherTableau, y0: torch.Tensor, *, fused: bool):
+        self.tableau = tableau
+        self.fused = fused
+        self.shape = y0.shape
+        self._coefficients = _coefficient_tensors(tableau, y0.dtype, y0.device)
+        if not fused:
+            return
+        s = tableau.stages
+        self._matrix = torch.empty(s, y0.numel(), dtype=y0.dtype, device=y0.device)
+        rows = self._matrix.view(s, *y0.shape).unbind(0)
+        by_column = self._matrix.t()
+        # Stage i: its weights on stages 0..i-1, those stages as columns (the layout
+        # runge_kutta_step stacks them in), its row, c_i.
+        self._stages = [
+            (self._coefficients.a[i], by_column[:, :i], rows[i], tableau.c[i]) for i in range(1, s)
+        ]
+        self._all_stages = by_column
+        self._first_row = rows[0]
+        self._loaded_f0: torch.Tensor | None = None
+
+    def step(
+        self,
+        func: StageFunction,
+        t: float,
+        y0: torch.Tensor,
+        f0: torch.Tensor,
+        step_size: float,
+        *,
+        t1: float | None = None,
+        perturb_end: bool = False,
+        with_error: bool = True,
+    ) -> RungeKuttaStep:
+        """One step as :func:`runge_kutta_step` takes it."""
+        if not self.fused:
+            return runge_kutta_step(
+                self.tableau,
+                func,
+                t,
+                y0,
+                f0,
+                step_size,
+                t1=t1,
+                perturb_end=perturb_end,
+                with_error=with_error,
+            )
+        h = step_size
+        t_end = t + h if t1 is None else t1
+        end_perturb = -1 if perturb_end else 0
+        if f0 is not self._loaded_f0:
+            self._first_row.copy_(f0)
+            self._loaded_f0 = f0
+        flat0 = y0.reshape(-1)
+        stages = [f0]
+        y_stage = y0
+        for a_i, columns, row, c_i in self._stages:
+            y_stage = torch.addmv(flat0, columns, a_i, alpha=h).view_as(y0)
+            t_stage, perturb = (t_end, end_perturb) if c_i == 1.0 else (t + c_i * h, 0)
+            k = func(t_stage, y_stage, perturb)
+            row.copy_(k)
+            stages.append(k)
+        return _finish_step(
+            self._coefficients,
+            self.tableau.fsal,
+            flat0,
+            y0,
+            y_stage,
+            self._all_stages,
+            stages,
+            h,
+            with_error,
+        )
+
+    def dense_states(
+        self,
+        step: RungeKuttaStep,
+        y0: torch.Tensor,
+        f1: torch.Tensor | None,
+        step_size: float,
+        thetas: Sequence[float],
+        out: torch.Tensor | None = None,
+    ) -> list[torch.Tensor] | None:
+        """The solution at ``t + θ h`` for each ``θ`` in ``thetas``, inside the latest step.
+
+        Returned as a list, or written into the rows of ``out`` (shape
+        ``(len(thetas), *y0.shape)``) if given.
+
+        With the tableau's own interpolant all of them come from one product
+        ``y0 + h W K`` with ``W[m, i] = b_i(θ_m) = Σ_j θ_m^(j+1) dense[j, i]``;
+        without one, cubic Hermite through ``(y0, k_1)`` and ``(y1, f1)``.
+        """
+        tableau, h, dense = self.tableau, step_size, self._coefficients.dense
+        if dense is None:
+            if f1 is None:
+                raise ValueError("Hermite dense output needs f(t1, y1)")
+            states = [hermite_interpolate(y0, step.y1, step.stages[0], f1, h, th) for th in thetas]
+            if out is None:
+                return states
+            torch.stack(states, out=out)
+            return None
+        degree = dense.shape[0]
+        powers = [[theta**j for j in range(1, degree + 1)] for theta in thetas]
+        weights = torch.tensor(powers, dtype=dense.dtype, device=dense.device).mm(dense)
+        if self.fused:
+            stages = self._matrix
+        else:
+            stages = torch.stack(step.stages).reshape(tableau.stages, -1)
+        if out is None:
+            states = torch.addmm(y0.reshape(1, -1), weights, stages, alpha=h)
+            return list(states.view(len(thetas), *self.shape).unbind(0))
+        torch.addmm(y0.reshape(1, -1), weights, stages, alpha=h, out=out.view(len(thetas), -1))
+        return None

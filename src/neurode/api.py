@@ -15,9 +15,9 @@ import torch
 from . import gradients
 from . import integrate_multistep as _adams_methods  # noqa: F401  (registers the Adams family)
 from . import scipy_solver as _scipy_method  # noqa: F401  (registers scipy_solver)
+from ._validation import check_tolerance
 from .errors import (
     InvalidTimesError,
-    InvalidToleranceError,
     NonFiniteInputError,
     StructureMismatchError,
     UnknownMethodError,
@@ -93,38 +93,6 @@ def _check_times(t: Any, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-def _check_tolerance(name: str, value: Any, layout: TupleLayout | None, like: torch.Tensor):
-    """A float, a tensor broadcastable to the state, or one value per tuple member."""
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value) or value < 0:
-            raise InvalidToleranceError(f"{name} must be a finite non-negative number, got {value}")
-        return float(value)
-    if isinstance(value, (tuple, list)) and layout is not None:
-        if len(value) != len(layout.shapes):
-            raise InvalidToleranceError(
-                f"{name} has {len(value)} entries but y0 has {len(layout.shapes)} members"
-            )
-        value = torch.cat(
-            [
-                torch.full((n,), float(v), dtype=like.dtype, device=like.device)
-                for v, n in zip(value, layout.numels)
-            ]
-        )
-    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
-        raise InvalidToleranceError(f"{name} must be finite and non-negative")
-    if value.numel() == 1:
-        return float(value)
-    try:
-        torch.broadcast_shapes(value.shape, like.shape)
-    except RuntimeError:
-        raise InvalidToleranceError(
-            f"{name} of shape {tuple(value.shape)} does not broadcast to the state "
-            f"{tuple(like.shape)}"
-        ) from None
-    return value
-
-
 def _wrap_norm(norm: Any, layout: TupleLayout | None):
     if norm is None:
         if layout is None:
@@ -174,8 +142,8 @@ class _Prepared:
         sign = -1.0 if self.reversed else 1.0
         self.t_solver = [sign * x for x in t.detach().tolist()]
         options = dict(options or {})
-        rtol = _check_tolerance("rtol", rtol, layout, state)
-        atol = _check_tolerance("atol", atol, layout, state)
+        rtol = check_tolerance("rtol", rtol, state, layout=layout)
+        atol = check_tolerance("atol", atol, state, layout=layout)
         if "norm" in options:
             options["norm"] = _wrap_norm(options["norm"], layout)
         elif layout is not None:

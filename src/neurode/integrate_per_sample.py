@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
+from ._validation import check_tolerance
 from .errors import (
     InvalidTimesError,
-    InvalidToleranceError,
     MaxStepsExceededError,
     NonFiniteInputError,
     NonFiniteStateError,
@@ -498,29 +498,6 @@ def _check_times(t: Any, batch: int, device: torch.device) -> torch.Tensor:
     return t
 
 
-def _check_tolerance(name: str, value: Any, like: torch.Tensor) -> float | torch.Tensor:
-    """A non-negative float, or a tensor broadcastable to ``y0`` (e.g. one value per row)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value) or value < 0:
-            raise InvalidToleranceError(f"{name} must be a finite non-negative number, got {value}")
-        return float(value)
-    try:
-        tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    except (TypeError, ValueError, RuntimeError):
-        raise InvalidToleranceError(f"{name} must be a number or a tensor") from None
-    if not bool(torch.isfinite(tensor).all()) or bool((tensor < 0).any()):
-        raise InvalidToleranceError(f"{name} must be finite and non-negative")
-    if tensor.numel() == 1:
-        return float(tensor)
-    try:
-        torch.broadcast_shapes(tensor.shape, like.shape)
-    except RuntimeError:
-        raise InvalidToleranceError(
-            f"{name} of shape {tuple(tensor.shape)} does not broadcast to y0 {tuple(like.shape)}"
-        ) from None
-    return tensor
-
-
 def solve_per_sample(
     func: Callable,
     y0: torch.Tensor,
@@ -546,8 +523,8 @@ def solve_per_sample(
     y0 = _check_y0(y0)
     batch = y0.shape[0]
     times = _check_times(t, batch, y0.device)
-    rtol = _check_tolerance("rtol", rtol, y0)
-    atol = _check_tolerance("atol", atol, y0)
+    rtol = check_tolerance("rtol", rtol, y0, target="y0")
+    atol = check_tolerance("atol", atol, y0, target="y0")
     if gradient != "direct":
         raise UnknownOptionError(
             f"batch='per_sample' supports gradient='direct' only, not {gradient!r}; "

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UnknownOptionError
 from ..integrate import Segment
 
 
@@ -39,6 +40,16 @@ GradientMethod = Callable[..., GradientResult]
 """
 
 _REGISTRY: dict[str, GradientMethod] = {}
+
+
+def check_options(gradient: str, options: dict[str, Any], accepted: frozenset[str]) -> None:
+    """Raises :class:`UnknownOptionError` naming any of ``options`` not in ``accepted``."""
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise UnknownOptionError(
+            f"gradient={gradient!r} does not take option(s) {', '.join(unknown)}; "
+            f"it accepts: {', '.join(sorted(accepted))}"
+        )
 
 
 def register(name: str, method: GradientMethod) -> None:

@@ -72,6 +72,16 @@ def needs_backward(y0: torch.Tensor, t: torch.Tensor, params: Sequence[torch.Ten
     return y0.requires_grad or t.requires_grad or len(params) > 0
 
 
+def apply_custom_backward(
+    method: CustomBackward, y0: torch.Tensor, t: torch.Tensor, params: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """``method``'s forward solve, with its own backward when autograd needs one."""
+    if needs_backward(y0, t, params):
+        return SolveFunction.apply(method, y0, t, *params)
+    with torch.no_grad():
+        return method.forward(y0)
+
+
 def save_time_gradients(
     problem: ODEProblem,
     t_solver: Sequence[float],

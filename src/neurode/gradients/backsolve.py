@@ -49,14 +49,14 @@ from typing import Any
 
 import torch
 
+from .._validation import check_tolerance
 from ..errors import InvalidToleranceError, UnknownOptionError
 from ..integrate import AdaptiveOptions, Callbacks
 from ..methods import build_method
 from ..problem import MethodSpec, ODEProblem
-from . import GradientResult, register
+from . import GradientResult, check_options, register
 from ._adjoint_common import (
-    SolveFunction,
-    needs_backward,
+    apply_custom_backward,
     record_backward_stats,
     save_time_gradients,
     trainable,
@@ -78,11 +78,7 @@ def solve_backsolve(
 ) -> GradientResult:
     params = trainable(params)
     backsolve = _Backsolve(problem, y0, t, t_solver, params, options or {}, record_segments)
-    if needs_backward(y0, t, params):
-        ys = SolveFunction.apply(backsolve, y0, t, *params)
-    else:
-        with torch.no_grad():
-            ys = backsolve.forward(y0)
+    ys = apply_custom_backward(backsolve, y0, t, params)
     return GradientResult(ys=ys, stats=backsolve.stats, segments=backsolve.segments)
 
 
@@ -248,33 +244,17 @@ def _user_norm(norm: Callable, layout: _AugmentedLayout, problem: ODEProblem) ->
 
 # ------------------------------------------------------------------- option checking
 def _check_tolerance(name: str, value: Any, problem: ODEProblem, like: torch.Tensor):
-    """A non-negative float, or a tensor broadcastable to the state (or one per member)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value) or value < 0:
-            raise InvalidToleranceError(f"{name} must be a finite non-negative number, got {value}")
-        return float(value)
-    if isinstance(value, (tuple, list)) and problem.layout is not None:
-        numels = problem.layout.numels
-        if len(value) != len(numels):
-            raise InvalidToleranceError(
-                f"{name} has {len(value)} entries but y0 has {len(numels)} members"
-            )
-        value = torch.cat([torch.full((k,), float(v)) for v, k in zip(value, numels)])
-    if not isinstance(value, torch.Tensor):
+    """A non-negative float, or a tensor broadcastable to the state (or one per member).
+
+    Stricter than the solve's own check: a number, a tensor (used detached) or,
+    for tuple states, one value per member; nothing else converts.
+    """
+    per_member = isinstance(value, (tuple, list)) and problem.layout is not None
+    if isinstance(value, bool) or not (per_member or isinstance(value, (int, float, torch.Tensor))):
         raise InvalidToleranceError(f"{name} must be a number or a tensor, got {value!r}")
-    value = value.detach().to(dtype=like.dtype, device=like.device)
-    if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
-        raise InvalidToleranceError(f"{name} must be finite and non-negative")
-    if value.numel() == 1:
-        return float(value)
-    try:
-        torch.broadcast_shapes(value.shape, problem.state_shape)
-    except RuntimeError:
-        raise InvalidToleranceError(
-            f"{name} of shape {tuple(value.shape)} does not broadcast to the state "
-            f"{tuple(problem.state_shape)}"
-        ) from None
-    return value
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+    return check_tolerance(name, value, like, layout=problem.layout)
 
 
 def _augmented_tolerance(value, layout: _AugmentedLayout):
@@ -300,12 +280,7 @@ class _Backsolve:
         options: dict[str, Any],
         record_segments: bool,
     ):
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise UnknownOptionError(
-                f"gradient='backsolve' does not take option(s) {', '.join(unknown)}; "
-                f"it accepts: {', '.join(sorted(_OPTIONS))}"
-            )
+        check_options("backsolve", options, _OPTIONS)
         self.problem = problem
         self.t = t
         self.t_solver = t_solver

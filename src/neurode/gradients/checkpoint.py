@@ -49,10 +49,9 @@ from ..integrate import Callbacks, Segment
 from ..problem import ODEProblem
 from ..solvers.runge_kutta import runge_kutta_step
 from ..solvers.tableau import ButcherTableau
-from . import GradientResult, register
+from . import GradientResult, check_options, register
 from ._adjoint_common import (
-    SolveFunction,
-    needs_backward,
+    apply_custom_backward,
     record_backward_stats,
     save_time_gradients,
     start_time_gradient,
@@ -79,11 +78,7 @@ def solve_checkpoint(
 ) -> GradientResult:
     params = trainable(params)
     checkpointed = _Checkpointed(problem, t, t_solver, params, options or {}, record_segments)
-    if needs_backward(y0, t, params):
-        ys = SolveFunction.apply(checkpointed, y0, t, *params)
-    else:
-        with torch.no_grad():
-            ys = checkpointed.forward(y0)
+    ys = apply_custom_backward(checkpointed, y0, t, params)
     return GradientResult(ys=ys, stats=checkpointed.stats, segments=checkpointed.segments)
 
 
@@ -138,12 +133,7 @@ class _Checkpointed:
         options: dict[str, Any],
         record_segments: bool,
     ):
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise UnknownOptionError(
-                f"gradient='checkpoint' does not take option(s) {', '.join(unknown)}; "
-                f"it accepts: {', '.join(sorted(_OPTIONS))}"
-            )
+        check_options("checkpoint", options, _OPTIONS)
         limit = options.get("checkpoints")
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 1

@@ -54,11 +54,11 @@ from typing import Any
 
 import torch
 
-from ..errors import NeurodeInputError, UnknownOptionError
+from ..errors import NeurodeInputError
 from ..integrate import Segment, Trajectory
 from ..problem import ODEProblem
 from ..step_size import rms_norm
-from . import GradientResult, register
+from . import GradientResult, check_options, register
 from ._time_gradients import with_time_gradients
 
 _OPTIONS = frozenset({"jacobian", "vectorize", "jacobians"})
@@ -208,12 +208,7 @@ class _ModuleHolder(torch.nn.Module):
 
 
 def _parse_options(options: dict[str, Any]) -> tuple[str, bool, dict | None]:
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise UnknownOptionError(
-            f"gradient='forward' does not take option(s) {', '.join(unknown)}; "
-            f"it accepts: {', '.join(sorted(_OPTIONS))}"
-        )
+    check_options("forward", options, _OPTIONS)
     strategy = options.get("jacobian", "auto")
     if strategy not in _STRATEGIES:
         raise NeurodeInputError(

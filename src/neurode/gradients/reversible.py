@@ -82,14 +82,13 @@ from ..errors import (
     NonFiniteStateError,
     StepSizeTooSmallError,
     UnknownMethodError,
-    UnknownOptionError,
 )
 from ..integrate import AdaptiveOptions, Segment, fixed_grid_from_step_size
 from ..problem import ODEProblem
 from ..solvers.reversible import reversible_step, rk_increment, undo_coupling
 from ..solvers.tableau import ButcherTableau
 from ..step_size import error_ratio, initial_step_size
-from . import GradientResult, register
+from . import GradientResult, check_options, register
 from ._time_gradients import with_time_gradients
 
 DEFAULT_COUPLING = 0.999
@@ -121,12 +120,7 @@ class _Settings:
 def _parse_options(
     problem: ODEProblem, t: torch.Tensor, t_solver: list[float], options: dict[str, Any]
 ) -> _Settings:
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise UnknownOptionError(
-            f"gradient='reversible' does not take option(s) {', '.join(unknown)}; "
-            f"it accepts: {', '.join(sorted(_OPTIONS))}"
-        )
+    check_options("reversible", options, _OPTIONS)
     spec = problem.method
     if spec.kind not in ("adaptive", "fixed") or spec.tableau is None:
         raise UnknownMethodError(

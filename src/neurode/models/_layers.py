@@ -1,4 +1,5 @@
-"""Small building blocks shared by the models: MLPs and an autonomous vector field."""
+"""Small building blocks shared by the models: MLPs, an autonomous vector field, and
+the solve with a model's stored solver settings."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from ..api import solve
 
 _ACTIVATIONS = {
     "tanh": nn.Tanh,
@@ -34,3 +37,20 @@ class _AutonomousField(nn.Module):
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.net(y)
+
+
+def _solve_states(
+    owner: nn.Module, func: nn.Module, y0: torch.Tensor, times: torch.Tensor
+) -> torch.Tensor:
+    """States ``(len(times), *y0.shape)`` of ``func`` solved with ``owner``'s
+    ``method``, ``rtol``, ``atol``, ``options`` and ``gradient``."""
+    return solve(
+        func,
+        y0,
+        times,
+        method=owner.method,
+        rtol=owner.rtol,
+        atol=owner.atol,
+        options=owner.options,
+        gradient=owner.gradient,
+    ).ys

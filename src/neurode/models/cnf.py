@@ -33,8 +33,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..api import solve
 from ..errors import NeurodeInputError, ShapeMismatchError
+from ._layers import _solve_states
 from .divergence import (
     PROBE_DISTRIBUTIONS,
     _exact_jacobian_terms,
@@ -166,16 +166,7 @@ class CNF(nn.Module):
         return self.kinetic_weight > 0 or self.jacobian_weight > 0
 
     def _solve(self, func: nn.Module, state: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        return solve(
-            func,
-            state,
-            times,
-            method=self.method,
-            rtol=self.rtol,
-            atol=self.atol,
-            options=self.options,
-            gradient=self.gradient,
-        ).ys
+        return _solve_states(self, func, state, times)
 
     def _times(self, start: float, end: float, like: torch.Tensor) -> torch.Tensor:
         return torch.tensor([start, end], dtype=like.dtype, device=like.device)

@@ -26,11 +26,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..api import solve
 from ..errors import InvalidTimesError, NeurodeInputError, ShapeMismatchError
-from ._layers import _AutonomousField, _mlp
+from ._layers import _AutonomousField, _mlp, _solve_states
 from .ode_rnn import ODERNN
-from .time_series import check_series, check_times, masked_values
+from .time_series import check_series, check_sizes, check_times, masked_values
 
 
 class LatentODEOutput(NamedTuple):
@@ -92,8 +91,7 @@ class LatentODE(nn.Module):
         gradient: str = "direct",
     ):
         super().__init__()
-        if data_dim < 1 or latent_dim < 1:
-            raise NeurodeInputError("data_dim and latent_dim must be positive")
+        check_sizes(data_dim=data_dim, latent_dim=latent_dim)
         if not obs_std > 0:
             raise NeurodeInputError(f"obs_std must be positive, got {obs_std}")
         self.data_dim = data_dim
@@ -149,16 +147,7 @@ class LatentODE(nn.Module):
         prepend = bool(query_times[0] > t0)
         grid = torch.cat([t0.reshape(1), query_times]) if prepend else query_times
         flat = z0.reshape(-1, self.latent_dim)
-        latents = solve(
-            self.dynamics,
-            flat,
-            grid.to(flat.dtype),
-            method=self.method,
-            rtol=self.rtol,
-            atol=self.atol,
-            options=self.options,
-            gradient=self.gradient,
-        ).ys
+        latents = _solve_states(self, self.dynamics, flat, grid.to(flat.dtype))
         if prepend:
             latents = latents[1:]
         latents = latents.transpose(0, 1).reshape(*z0.shape[:-1], len(query_times), self.latent_dim)

@@ -21,10 +21,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..api import solve
-from ..errors import NeurodeInputError
-from ._layers import _AutonomousField, _mlp
-from .time_series import RecurrentStates, check_series, initial_hidden_state, masked_values
+from ._layers import _AutonomousField, _mlp, _solve_states
+from .time_series import (
+    RecurrentStates,
+    check_recurrent_input,
+    check_sizes,
+    initial_hidden_state,
+    masked_values,
+)
 
 
 class ODERNN(nn.Module):
@@ -54,8 +58,7 @@ class ODERNN(nn.Module):
         gradient: str = "direct",
     ):
         super().__init__()
-        if input_dim < 1 or hidden_dim < 1:
-            raise NeurodeInputError("input_dim and hidden_dim must be positive")
+        check_sizes(input_dim=input_dim, hidden_dim=hidden_dim)
         self.input_dim = input_dim
         self.hidden_dim = hidden_dim
         if dynamics is None:
@@ -70,17 +73,7 @@ class ODERNN(nn.Module):
 
     def evolve(self, h: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         """Solve ``dh/dt = f(t, h)`` from ``times[0]``; returns ``(len(times), *h.shape)``."""
-        solution = solve(
-            self.dynamics,
-            h,
-            times,
-            method=self.method,
-            rtol=self.rtol,
-            atol=self.atol,
-            options=self.options,
-            gradient=self.gradient,
-        )
-        return solution.ys
+        return _solve_states(self, self.dynamics, h, times)
 
     def forward(
         self,
@@ -98,11 +91,7 @@ class ODERNN(nn.Module):
         whichever the direction of processing, and ``final`` ``(B, H)``: the state
         at ``times[-1]`` (or ``times[0]`` when ``reverse``).
         """
-        mask = check_series(times, values, mask)
-        if values.shape[-1] != self.input_dim:
-            raise NeurodeInputError(
-                f"values have {values.shape[-1]} features, the model expects {self.input_dim}"
-            )
+        mask = check_recurrent_input(times, values, mask, self.input_dim)
         inputs = torch.cat([masked_values(values, mask), mask], dim=-1)
         observed = mask.amax(dim=-1, keepdim=True) > 0
         h = initial_hidden_state(h0, values, self.hidden_dim)

@@ -17,8 +17,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import NeurodeInputError
-from .time_series import RecurrentStates, check_series, initial_hidden_state, masked_values
+from .time_series import (
+    RecurrentStates,
+    check_recurrent_input,
+    check_sizes,
+    initial_hidden_state,
+    masked_values,
+)
 
 
 class TimeGapGRU(nn.Module):
@@ -26,8 +31,7 @@ class TimeGapGRU(nn.Module):
 
     def __init__(self, input_dim: int, hidden_dim: int):
         super().__init__()
-        if input_dim < 1 or hidden_dim < 1:
-            raise NeurodeInputError("input_dim and hidden_dim must be positive")
+        check_sizes(input_dim=input_dim, hidden_dim=hidden_dim)
         self.input_dim = input_dim
         self.hidden_dim = hidden_dim
         self.cell = nn.GRUCell(2 * input_dim + 1, hidden_dim)
@@ -42,11 +46,7 @@ class TimeGapGRU(nn.Module):
         reverse: bool = False,
     ) -> RecurrentStates:
         """Run over ``(B, T, D)`` series on the grid ``times``; see :class:`RecurrentStates`."""
-        mask = check_series(times, values, mask)
-        if values.shape[-1] != self.input_dim:
-            raise NeurodeInputError(
-                f"values have {values.shape[-1]} features, the model expects {self.input_dim}"
-            )
+        mask = check_recurrent_input(times, values, mask, self.input_dim)
         batch = values.shape[0]
         observed = mask.amax(dim=-1, keepdim=True) > 0
         x = masked_values(values, mask)

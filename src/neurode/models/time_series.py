@@ -74,6 +74,24 @@ def check_series(
     return mask
 
 
+def check_sizes(**sizes: int) -> None:
+    """Layer sizes given by name must be positive (``check_sizes(input_dim=3, hidden_dim=8)``)."""
+    if any(size < 1 for size in sizes.values()):
+        raise NeurodeInputError(f"{' and '.join(sizes)} must be positive")
+
+
+def check_recurrent_input(
+    times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, input_dim: int
+) -> torch.Tensor:
+    """:func:`check_series` for a recurrent model reading ``input_dim`` features."""
+    mask = check_series(times, values, mask)
+    if values.shape[-1] != input_dim:
+        raise NeurodeInputError(
+            f"values have {values.shape[-1]} features, the model expects {input_dim}"
+        )
+    return mask
+
+
 def initial_hidden_state(
     h0: torch.Tensor | None, values: torch.Tensor, hidden_dim: int
 ) -> torch.Tensor:

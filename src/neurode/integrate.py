@@ -238,7 +238,7 @@ def integrate_adaptive(
             options.norm,
         )
 
-    stepper = RungeKuttaStepper(tableau, y0, fused=can_fuse(y0, f0))
+    stepper = RungeKuttaStepper.acquire(tableau, y0, fused=can_fuse(y0, f0))
     error_norm = ErrorNorm(y0, options.rtol, options.atol, options.norm)
     cursor = _OutputCursor(t_eval)
     saved = _SavedStates(y0, len(t_eval), preallocate=stepper.fused and event_fn is None)
@@ -315,6 +315,7 @@ def integrate_adaptive(
             if event_fn is not None:
                 event = _locate_event(event_fn, event_sign, segment)
                 if event is not None:
+                    stepper.release()
                     trajectory = Trajectory(ys=[y0], stats=_stats(accepted, rejected))
                     trajectory.segments = segments
                     trajectory.event_time, trajectory.event_state = event
@@ -333,6 +334,7 @@ def integrate_adaptive(
         if not last_ratio_finite and step_size < 1e-13 * max(abs(t), 1.0):
             _check_finite(result.y1, "the state", t)
 
+    stepper.release()
     return saved.trajectory(_stats(accepted, rejected), segments)
 
 
@@ -408,7 +410,7 @@ def integrate_fixed(
             callbacks.step(t, y, h)
         f0 = func(t, y, 1 if perturb else 0)
         if stepper is None:
-            stepper = RungeKuttaStepper(tableau, y0, fused=can_fuse(y0, f0))
+            stepper = RungeKuttaStepper.acquire(tableau, y0, fused=can_fuse(y0, f0))
             saved = _SavedStates(y0, len(t_eval), preallocate=stepper.fused)
         result = stepper.step(func, t, y, f0, h, t1=t1, perturb_end=perturb, with_error=False)
         y1 = result.y1
@@ -426,6 +428,8 @@ def integrate_fixed(
         if segments is not None:
             segments.append(segment)
         y = y1
+    if stepper is not None:
+        stepper.release()
     return saved.trajectory(_stats(steps, 0), segments)
 
 

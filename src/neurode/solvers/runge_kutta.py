@@ -227,6 +227,10 @@ def dense_evaluate(
     return hermite_interpolate(y0, y1, stages[0], f1, step_size, theta)
 
 
+def _idle_key(tableau: ButcherTableau, y0: torch.Tensor) -> tuple:
+    return (id(tableau), y0.shape, y0.dtype, y0.device)
+
+
 def _plain(tensor: torch.Tensor) -> bool:
     """An ordinary strided tensor: no autograd history, no functorch wrapper, no tangent."""
     return (
@@ -248,6 +252,11 @@ def can_fuse(y0: torch.Tensor, f0: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() and _plain(y0) and _plain(f0)
 
 
+_IDLE_STEPPERS: dict[tuple, RungeKuttaStepper] = {}
+"""Fused steppers of finished solves, one per tableau, shape, dtype and device."""
+_IDLE_BYTES_MAX = 64 * 2**20
+
+
 class RungeKuttaStepper:
     """The steps of one tableau on one state, with the per-solve preparation done once.
 
@@ -257,7 +266,37 @@ class RungeKuttaStepper:
     before the next one starts. Either way the returned stages are the tensors
     ``f`` returned, never overwritten later, so they can back a dense-output
     segment.
+
+    Get one with :meth:`acquire` and hand it back with :meth:`release` when the
+    solve is done: the next solve of the same shape then skips building the
+    stage matrix and its views (tens of µs, which matters for small states) and
+    writing to fresh memory (page faults, which matter for large ones). The
+    matrix is only ever read inside a step, so reusing it is safe; a solve in
+    progress owns its stepper, so nested solves get their own.
     """
+
+    @classmethod
+    def acquire(
+        cls, tableau: ButcherTableau, y0: torch.Tensor, *, fused: bool
+    ) -> RungeKuttaStepper:
+        if fused:
+            idle = _IDLE_STEPPERS.pop(_idle_key(tableau, y0), None)
+            if idle is not None and idle.tableau is tableau:
+                return idle
+        return cls(tableau, y0, fused=fused)
+
+    def release(self) -> None:
+        """Keep a fused stepper for the next solve (within a memory budget)."""
+        if not self.fused:
+            return
+        self._loaded_f0 = None
+        _IDLE_STEPPERS[self._key] = self
+        held = sum(s._matrix.numel() * s._matrix.element_size() for s in _IDLE_STEPPERS.values())
+        while held > _IDLE_BYTES_MAX and _IDLE_STEPPERS:
+            oldest = next(iter(_IDLE_STEPPERS))
+            evicted = _IDLE_STEPPERS.pop(oldest, None)
+            if evicted is not None:
+                held -= evicted._matrix.numel() * evicted._matrix.element_size()
 
     def __init__(self, tableau: ButcherTableau, y0: torch.Tensor, *, fused: bool):
         self.tableau = tableau
@@ -278,6 +317,7 @@ class RungeKuttaStepper:
         self._all_stages = by_column
         self._first_row = rows[0]
         self._loaded_f0: torch.Tensor | None = None
+        self._key = _idle_key(tableau, y0)
 
     def step(
         self,

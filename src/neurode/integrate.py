@@ -418,15 +418,15 @@ def integrate_fixed(
         if callbacks.accept_step is not None:
             callbacks.accept_step(t, y, h)
         saves = cursor.take_until(t1)
-        if interp == "cubic" and (saves or segments is not None):
-            f1 = func(t1, y1, 0)
-            segment = Segment(t, t1, y, y1, [f0], f1, _HERMITE)
-        else:
-            segment = Segment(t, t1, y, y1, [f0], None, None)
-        for te in saves:
-            saved.add_state(y1 if te == t1 else segment.evaluate(te))
-        if segments is not None:
-            segments.append(segment)
+        if saves or segments is not None:
+            if interp == "cubic":
+                segment = Segment(t, t1, y, y1, [f0], func(t1, y1, 0), _HERMITE)
+            else:
+                segment = Segment(t, t1, y, y1, [f0], None, None)
+            for te in saves:
+                saved.add_state(y1 if te == t1 else segment.evaluate(te))
+            if segments is not None:
+                segments.append(segment)
         y = y1
     if stepper is not None:
         stepper.release()

@@ -109,18 +109,25 @@ def _check_finite(tensor: torch.Tensor, what: str, t: float) -> None:
     )
 
 
+_PREALLOCATE_CPU_BYTES_MAX = 32 * 2**20
+"""Above this a fresh CPU tensor comes straight from the OS (glibc's largest mmap
+threshold) and pays a page fault per 4 KiB on first write; a caller that stacks
+``ys`` again would pay that twice, so larger outputs are collected as a list."""
+
+
 class _SavedStates:
     """The states at the save times, collected step by step.
 
     Without autograd they are written straight into one ``(len(t_eval), *shape)``
-    tensor, which is what the caller returns: the dense output of a step is one
-    matrix product into its rows, and no stacking copy follows.
+    tensor (:attr:`Trajectory.stacked`): the dense output of a step is one matrix
+    product into its rows, and a caller using :meth:`Trajectory.stack` copies nothing.
     """
 
     def __init__(self, y0: torch.Tensor, count: int, preallocate: bool):
         self.buffer = None
         self.ys = [y0]
-        if preallocate:
+        size = count * y0.numel() * y0.element_size()
+        if preallocate and (y0.device.type != "cpu" or size <= _PREALLOCATE_CPU_BYTES_MAX):
             self.buffer = torch.empty((count, *y0.shape), dtype=y0.dtype, device=y0.device)
             self.buffer[0].copy_(y0)
         self.filled = 1

@@ -132,15 +132,23 @@ def runge_kutta_step(
     stages = [f0]
     y_stage = y0
     for i in range(1, tableau.stages):
-        columns = torch.stack(stages).view(i, -1).t()
+        columns = _as_columns(stages, y0.dtype)
         y_stage = torch.addmv(flat0, columns, coefficients.a[i], alpha=h).view_as(y0)
         c_i = tableau.c[i]
         t_stage, perturb = (t_end, end_perturb) if c_i == 1.0 else (t + c_i * h, 0)
         stages.append(func(t_stage, y_stage, perturb))
-    columns = torch.stack(stages).view(tableau.stages, -1).t()
+    columns = _as_columns(stages, y0.dtype)
     return _finish_step(
         coefficients, tableau.fsal, flat0, y0, y_stage, columns, stages, h, with_error
     )
+
+
+def _as_columns(stages: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The stages as the columns of an ``(N, i)`` matrix, the layout the fused path keeps."""
+    stacked = torch.stack(stages)
+    if stacked.dtype != dtype:
+        stacked = stacked.to(dtype)
+    return stacked.view(len(stages), -1).t()
 
 
 def _finish_step(
@@ -404,7 +412,7 @@ class RungeKuttaStepper:
         if self.fused:
             stages = self._matrix
         else:
-            stages = torch.stack(step.stages).reshape(tableau.stages, -1)
+            stages = _as_columns(step.stages, y0.dtype).t()
         if out is None:
             states = torch.addmm(y0.reshape(1, -1), weights, stages, alpha=h)
             return list(states.view(len(thetas), *self.shape).unbind(0))

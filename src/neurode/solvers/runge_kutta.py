@@ -397,7 +397,7 @@ class RungeKuttaStepper:
         ``y0 + h W K`` with ``W[m, i] = b_i(θ_m) = Σ_j θ_m^(j+1) dense[j, i]``;
         without one, cubic Hermite through ``(y0, k_1)`` and ``(y1, f1)``.
         """
-        tableau, h, dense = self.tableau, step_size, self._coefficients.dense
+        h, dense = step_size, self._coefficients.dense
         if dense is None:
             if f1 is None:
                 raise ValueError("Hermite dense output needs f(t1, y1)")
@@ -409,10 +409,7 @@ class RungeKuttaStepper:
         degree = dense.shape[0]
         powers = [[theta**j for j in range(1, degree + 1)] for theta in thetas]
         weights = torch.tensor(powers, dtype=dense.dtype, device=dense.device).mm(dense)
-        if self.fused:
-            stages = self._matrix
-        else:
-            stages = _as_columns(step.stages, y0.dtype).t()
+        stages = self._matrix if self.fused else _as_columns(step.stages, y0.dtype).t()
         if out is None:
             states = torch.addmm(y0.reshape(1, -1), weights, stages, alpha=h)
             return list(states.view(len(thetas), *self.shape).unbind(0))

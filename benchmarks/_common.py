@@ -9,7 +9,8 @@
 - :func:`time_bare_calls`: the cost of one evaluation of ``f`` alone, the unit
   of the overhead ratio ``time / (NFE × cost of f)``;
 - :func:`run_isolated`: run a function in a fresh Python process and get its
-  result together with the peak memory it added;
+  result together with the peak resident memory it added (the peak is reset
+  just before the call where Linux allows it);
 - :func:`markdown_table`.
 
 Timings default to the process's CPU time (``time.process_time``): with torch
@@ -179,9 +180,25 @@ def current_rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (``ru_maxrss``)."""
+    """Peak resident set size of this process (``VmHWM`` on Linux, else ``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+def reset_peak_rss() -> None:
+    """Restart the peak at the current resident size (Linux ``clear_refs``; else a no-op)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
 
 
 _WORKER = """
@@ -217,9 +234,10 @@ def run_isolated(target: str, kwargs: dict[str, Any], *, timeout: float | None =
 def _run_worker(target: str, kwargs: dict[str, Any]) -> dict:
     module_name, function_name = target.split(":")
     function = getattr(importlib.import_module(module_name), function_name)
+    reset_peak_rss()
     before = current_rss_bytes()
     output = dict(function(**kwargs))
-    output["peak_rss_added_bytes"] = peak_rss_bytes() - before
+    output["peak_rss_added_bytes"] = max(peak_rss_bytes() - before, 0)
     return output
 
 

@@ -152,11 +152,11 @@ class _SavedStates:
             if ends_on_t1:
                 self.ys.append(step.y1)
         else:
-            rows = self.buffer[self.filled : self.filled + len(times)]
+            start, end = self.filled, self.filled + len(thetas)
             if thetas:
-                stepper.dense_states(step, y0, f1, h, thetas, out=rows[: len(thetas)])
+                stepper.dense_states(step, y0, f1, h, thetas, out=self.buffer[start:end])
             if ends_on_t1:
-                rows[-1].copy_(step.y1)
+                self.buffer[end].copy_(step.y1)
         self.filled += len(times)
 
     def add_state(self, y: torch.Tensor) -> None:

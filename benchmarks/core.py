@@ -34,6 +34,12 @@ Columns:
 - time: median seconds per solve;
 - f: median seconds of one bare ``f(t, y)`` on the same batch, timed in the
   same rounds (a loop of calls, each with a fresh 0-dim time tensor);
+- f in solve: time spent inside ``f`` per call during the library's own solve
+  (three untimed solves, median). On large batches it differs from the bare
+  ``f``: allocations of megabytes come back from the OS with a page fault per
+  4 KiB or come from memory the allocator kept, depending on what else the
+  process holds, so an overhead below 1.0 there means the bare loop paid more
+  page faults than the solve did;
 - overhead: ``time / (NFE × f)``; 1.0 means the solver costs nothing but its
   evaluations of ``f``.
 
@@ -131,6 +137,8 @@ class Counts:
     attempted: int
     ys: torch.Tensor
     """Saved states, ``(len(t), B, d)``."""
+    f_seconds: float = 0.0
+    """Time spent inside ``f`` during the solve."""
 
 
 # ------------------------------------------------------------------ library adapters
@@ -143,8 +151,8 @@ def _neurode(func, y0, t, solver: Solver) -> Callable[[], torch.Tensor]:
     return lambda: neurode.odeint(func, y0, t, method=solver.method, options=options)
 
 
-def _neurode_counts(func, y0, t, solver: Solver) -> Counts:
-    counter = CountingField(func)
+def _neurode_counts(func, y0, t, solver: Solver, clock: str) -> Counts:
+    counter = CountingField(func, clock)
     kwargs: dict[str, Any] = {"method": solver.method}
     if solver.adaptive:
         kwargs.update(rtol=solver.rtol, atol=solver.atol)
@@ -154,7 +162,7 @@ def _neurode_counts(func, y0, t, solver: Solver) -> Counts:
     stats = solution.stats
     if stats["nfe"] != counter.nfe:
         print(f"  note: neurode reports nfe={stats['nfe']}, f was called {counter.nfe} times")
-    return Counts(counter.nfe, stats["accepted"], stats["steps"], solution.ys)
+    return Counts(counter.nfe, stats["accepted"], stats["steps"], solution.ys, counter.seconds)
 
 
 def _torchdiffeq(func, y0, t, solver: Solver) -> Callable[[], torch.Tensor]:
@@ -169,19 +177,19 @@ def _torchdiffeq(func, y0, t, solver: Solver) -> Callable[[], torch.Tensor]:
 
 
 class _StepCountingField(CountingField):
-    def __init__(self, func):
-        super().__init__(func)
+    def __init__(self, func, clock: str):
+        super().__init__(func, clock)
         self.attempted = 0
 
     def callback_step(self, t0: Any, y0: Any, dt: Any) -> None:
         self.attempted += 1
 
 
-def _torchdiffeq_counts(func, y0, t, solver: Solver) -> Counts:
-    counter = _StepCountingField(func)
+def _torchdiffeq_counts(func, y0, t, solver: Solver, clock: str) -> Counts:
+    counter = _StepCountingField(func, clock)
     ys = _torchdiffeq(counter, y0, t, solver)()
     accepted = counter.accepted if solver.adaptive else counter.attempted
-    return Counts(counter.nfe, accepted, counter.attempted, ys)
+    return Counts(counter.nfe, accepted, counter.attempted, ys, counter.seconds)
 
 
 def _rk4_tableau_with_fsal_stage():
@@ -257,17 +265,17 @@ def _as_time_major(ys: torch.Tensor, batch: int, dim: int) -> torch.Tensor:
     return ys.reshape(ys.shape[1], batch, dim)
 
 
-def _torchode_counts(func, y0, t, solver: Solver, *, joint: bool) -> Counts:
+def _torchode_counts(func, y0, t, solver: Solver, clock: str, *, joint: bool) -> Counts:
     import torchode
 
-    counter = CountingField(func)
+    counter = CountingField(func, clock)
     run = _torchode(counter, y0, t, solver, joint=joint)
     start, t_eval, dt0 = run.problem_args
     solution = run.integrator.solve(torchode.InitialValueProblem(y0=start, t_eval=t_eval), dt0=dt0)
     ys = _as_time_major(solution.ys, *y0.shape)
     accepted = int(solution.stats["n_accepted"].max())
     attempted = int(solution.stats["n_steps"].max())
-    return Counts(counter.nfe, accepted, attempted, ys)
+    return Counts(counter.nfe, accepted, attempted, ys, counter.seconds)
 
 
 def _scaled(solver: Solver, library: str) -> Solver:
@@ -285,15 +293,23 @@ def _runner(library: str, func, y0, t, solver: Solver) -> Callable[[], torch.Ten
     return _torchode(func, y0, t, solver, joint=library == "torchode-joint")
 
 
-def _counts(library: str, func, y0, t, solver: Solver) -> Counts:
-    if library.startswith("neurode"):
-        return _neurode_counts(func, y0, t, _scaled(solver, library))
-    if library == "torchdiffeq":
-        with warnings.catch_warnings():
-            # Its fixed-grid solvers call callback_step only and say so.
-            warnings.filterwarnings("ignore", message="Solver .* does not support callbacks")
-            return _torchdiffeq_counts(func, y0, t, solver)
-    return _torchode_counts(func, y0, t, solver, joint=library == "torchode-joint")
+def _counts(library: str, func, y0, t, solver: Solver, clock: str, runs: int = 3) -> Counts:
+    """NFE, steps and states of one solve; the time inside ``f``, median over ``runs`` solves."""
+    results = []
+    for _ in range(runs):
+        if library.startswith("neurode"):
+            results.append(_neurode_counts(func, y0, t, _scaled(solver, library), clock))
+        elif library == "torchdiffeq":
+            with warnings.catch_warnings():
+                # Its fixed-grid solvers call callback_step only and say so.
+                warnings.filterwarnings("ignore", message="Solver .* does not support callbacks")
+                results.append(_torchdiffeq_counts(func, y0, t, solver, clock))
+        else:
+            joint = library == "torchode-joint"
+            results.append(_torchode_counts(func, y0, t, solver, clock, joint=joint))
+    counts = results[-1]
+    counts.f_seconds = median(r.f_seconds for r in results)
+    return counts
 
 
 # -------------------------------------------------------------------------- running
@@ -328,7 +344,7 @@ def run_config(config: Config, libraries: list[str], repeats: int, clock: str) -
     reference = _reference(func, y0, t)
     grad_mode = torch.enable_grad() if config.grad else torch.no_grad()
     with grad_mode:
-        counts = {lib: _counts(lib, func, y0, t, solver) for lib in libraries}
+        counts = {lib: _counts(lib, func, y0, t, solver, clock) for lib in libraries}
         calls = _bare_calls_for(config.batch, config.dim)
         cases = {lib: _runner(lib, func, y0, t, solver) for lib in libraries}
         cases["f"] = bare_call_loop(func, y0, t[0], calls=calls)
@@ -352,6 +368,7 @@ def run_config(config: Config, libraries: list[str], repeats: int, clock: str) -
                 "error": error,
                 "time": wall,
                 "f_time": f_time,
+                "f_in_solve": c.f_seconds / c.nfe,
                 "overhead": wall / (c.nfe * f_time),
             }
         )
@@ -370,6 +387,7 @@ def _format(rows: list[dict]) -> str:
         "max error",
         "time (ms)",
         "f (µs)",
+        "f in solve (µs)",
         "overhead",
     ]
     table = [
@@ -384,6 +402,7 @@ def _format(rows: list[dict]) -> str:
             f"{r['error']:.2e}",
             f"{1e3 * r['time']:.2f}",
             f"{1e6 * r['f_time']:.1f}",
+            f"{1e6 * r['f_in_solve']:.1f}",
             f"**{r['overhead']:.2f}**"
             if r["library"].startswith("neurode")
             else f"{r['overhead']:.2f}",
@@ -472,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{elapsed:.0f} s in all.",
             "",
             "`f(t, y) = MLP(y)`, layers `[d, 64, 64, d]`, tanh; t in [0, 10], 50 save points. "
-            "overhead = time / (NFE × time of one bare f call on the same batch). "
+            "overhead = time / (NFE × time of one bare f call on the same batch); "
+            "f in solve: time inside f per call during that library's solve. "
             "torchode solves each batch row with its own step sizes (NFE counts calls of f, "
             "each over the whole batch; steps are the largest over the rows); torchode-joint "
             "solves the batch as one system like the others. Max error against torchdiffeq's "

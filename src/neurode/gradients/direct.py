@@ -35,7 +35,7 @@ def solve_direct(
 
     def run(start: torch.Tensor) -> torch.Tensor:
         trajectories.append(problem.integrate(start, t_solver, record_segments=record_segments))
-        return torch.stack(trajectories[-1].ys)
+        return trajectories[-1].stack()
 
     ys = with_time_gradients(problem, y0, t, run)
     trajectory = trajectories[0]

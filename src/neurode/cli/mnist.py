@@ -27,13 +27,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -73,9 +71,11 @@ from ..train.progress import ProgressBar
 
 __all__ = ["add_parser", "build_model", "evaluate", "run", "train"]
 
+from ._mnist_outputs import _plot_history, _write_atomic
+from ._mnist_schedules import _make_scheduler
+
 MODELS = ("resnet", "odenet", "rknet")
 SCHEDULES = ("step", "onecycle")
-_PAPER_DECAY_FRACTIONS = (60 / 160, 100 / 160, 140 / 160)
 _MOMENTUM = 0.9
 
 
@@ -351,30 +351,6 @@ def _parameter_count(model: nn.Module) -> int:
 # --------------------------------------------------------------------------- schedules
 
 
-class _PaperStepDecay:
-    """Learning-rate factor 1, 0.1, 0.01, 0.001 after 60, 100 and 140 of every 160 parts.
-
-    A callable object rather than a closure so that the scheduler's state
-    dict (which stores this object's attributes) is plain data.
-    """
-
-    def __init__(self, total_iterations: int):
-        self.boundaries = [round(f * total_iterations) for f in _PAPER_DECAY_FRACTIONS]
-
-    def __call__(self, iteration: int) -> float:
-        return 0.1 ** sum(iteration >= boundary for boundary in self.boundaries)
-
-
-def _make_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, lr: float, total_iterations: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    if schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=max(total_iterations, 2)
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, _PaperStepDecay(total_iterations))
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -478,49 +454,6 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         for key, value in vars(args).items()
         if isinstance(value, (str, int, float, bool, type(None)))
     }
-
-
-def _write_atomic(path: Path, write) -> None:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-def _plot_history(history: list[dict[str, Any]], path: Path) -> bool:
-    """Accuracy and NFE per epoch as a PNG; False when matplotlib is not installed."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        return False
-    epochs = [record["epoch"] for record in history]
-    has_ode_block = any(record["nfe_forward"] > 0 for record in history)
-    figure = Figure(figsize=(10 if has_ode_block else 5, 4))
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, 2 if has_ode_block else 1, squeeze=False)[0]
-    axes[0].plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
-    axes[0].plot(epochs, [100 * r["test_accuracy"] for r in history], "o-", label="test")
-    axes[0].set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    if has_ode_block:
-        axes[1].plot(epochs, [r["nfe_forward"] for r in history], "o-", label="forward")
-        axes[1].plot(epochs, [r["nfe_backward"] for r in history], "o-", label="backward")
-        axes[1].set(xlabel="epoch", ylabel="NFE per iteration", title="function evaluations")
-    for panel in axes:
-        panel.legend()
-        panel.xaxis.set_major_locator(MaxNLocator(integer=True))
-    figure.tight_layout()
-    _write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
-    return True
 
 
 def _train_epoch(

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import neurode
-from neurode.integrate import integrate_fixed
+from _loop import on_grid
 from neurode.solvers.tableau import ButcherTableau
 from neurode.solvers.tableaus import TABLEAUS
 
@@ -47,7 +47,7 @@ def _final_error(tableau: ButcherTableau, problem: str, n: int, reference) -> fl
     else:
         f, y0, t_end = _riccati, torch.tensor([0.5], dtype=torch.float64), 1.0
     grid = [t_end * i / n for i in range(n + 1)]
-    trajectory = integrate_fixed(lambda t, y, perturb=0: f(t, y), y0, [0.0, t_end], tableau, grid)
+    trajectory = on_grid(lambda t, y, perturb=0: f(t, y), y0, [0.0, t_end], tableau, grid)
     return float((trajectory.ys[-1] - reference).abs().max())
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import neurode
-from neurode.errors import NeurodeInputError, UnknownOptionError
-from neurode.scipy_solver import SCIPY_SOLVERS, GradientUnavailableError
+from neurode.errors import GradientUnavailableError, NeurodeInputError, UnknownOptionError
+from neurode.integrate.scipy_solver import SCIPY_SOLVERS
 
 pytest.importorskip("scipy")
 

@@ -15,15 +15,15 @@ import pytest
 import torch
 
 import neurode
-from neurode.integrate import AdaptiveOptions, integrate_adaptive, integrate_fixed
+from _loop import adaptive, on_grid
+from neurode.integrate.error_norm import ErrorNorm
 from neurode.solvers.runge_kutta import (
     RungeKuttaStepper,
     can_fuse,
-    dense_evaluate,
+    dense_states,
     runge_kutta_step,
 )
 from neurode.solvers.tableaus import TABLEAUS
-from neurode.step_size import ErrorNorm
 
 F64 = torch.float64
 ALL = sorted(TABLEAUS)
@@ -101,7 +101,7 @@ def test_dense_states_are_the_tableau_interpolant(name):
         into = torch.empty(len(thetas), *y0.shape, dtype=F64)
         stepper.dense_states(step, y0, None, h, thetas, out=into)
     for theta, state, written in zip(thetas, as_list, into):
-        expected = dense_evaluate(tableau, y0, step.y1, step.stages, None, h, theta)
+        (expected,) = dense_states(tableau, y0, step.y1, step.stages, None, h, [theta])
         if theta == 1.0:
             expected = step.y1  # b_i(1) = b_i: the interpolant ends on the step's solution
         torch.testing.assert_close(state, expected, rtol=1e-14, atol=1e-15)
@@ -154,14 +154,13 @@ def test_solve_without_autograd_equals_solve_with_autograd_bit_for_bit(method):
 
 def test_saved_states_are_written_into_one_tensor_only_without_autograd():
     y0 = _state()
-    options = AdaptiveOptions(rtol=1e-6, atol=1e-9)
     t_eval = [0.0, 0.3, 0.9, 1.4]
     with torch.no_grad():
-        fast = integrate_adaptive(_field, y0, t_eval, TABLEAUS["dopri5"], options)
+        fast = adaptive(_field, y0, t_eval, TABLEAUS["dopri5"], rtol=1e-6, atol=1e-9)
     assert fast.stacked is not None and fast.stacked.shape == (4, *y0.shape)
     assert all(row.data_ptr() == fast.stacked[i].data_ptr() for i, row in enumerate(fast.ys))
     leaf = y0.clone().requires_grad_(True)
-    recorded = integrate_adaptive(_field, leaf, t_eval, TABLEAUS["dopri5"], options)
+    recorded = adaptive(_field, leaf, t_eval, TABLEAUS["dopri5"], rtol=1e-6, atol=1e-9)
     assert recorded.stacked is None
     assert torch.equal(recorded.stack().detach(), fast.stack())
 
@@ -171,10 +170,8 @@ def test_fixed_grid_paths_agree_bit_for_bit():
     grid = [0.1 * i for i in range(21)]
     t_eval = [0.0, 0.55, 1.0, 2.0]
     with torch.no_grad():
-        fast = integrate_fixed(_field, y0, t_eval, TABLEAUS["rk4"], grid)
-    recorded = integrate_fixed(
-        _field, y0.clone().requires_grad_(True), t_eval, TABLEAUS["rk4"], grid
-    )
+        fast = on_grid(_field, y0, t_eval, TABLEAUS["rk4"], grid)
+    recorded = on_grid(_field, y0.clone().requires_grad_(True), t_eval, TABLEAUS["rk4"], grid)
     assert torch.equal(fast.stack(), recorded.stack().detach())
 
 

@@ -10,7 +10,7 @@ from .check_gradients import GradientDriftWarning, GradientReport, check_gradien
 from .errors import SolverError
 from .gradients.reversible import ReversibleInstabilityWarning
 from .sensitivities import sensitivities
-from .solution import Solution
+from .integrate.solution import Solution
 
 __version__ = "0.1.0"
 

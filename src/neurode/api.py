@@ -13,9 +13,6 @@ from typing import Any
 import torch
 
 from . import gradients
-from . import integrate_multistep as _adams_methods  # noqa: F401  (registers the Adams family)
-from . import scipy_solver as _scipy_method  # noqa: F401  (registers scipy_solver)
-from ._validation import check_tolerance
 from .errors import (
     InvalidTimesError,
     NonFiniteInputError,
@@ -23,12 +20,10 @@ from .errors import (
     UnknownMethodError,
     UnknownOptionError,
 )
-from .integrate import Callbacks
-from .integrate_per_sample import BATCH_MODES, solve_per_sample
-from .methods import build_method, method_names
-from .problem import ODEProblem
-from .solution import Solution
-from .state import TupleLayout
+from .integrate import Callbacks, ODEProblem, Solution, build_method, method_names
+from .integrate.per_sample import BATCH_MODES, solve_per_sample
+from .integrate.tolerances import check_tolerance_pair
+from .integrate.tuple_state import TupleLayout
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -142,8 +137,7 @@ class _Prepared:
         sign = -1.0 if self.reversed else 1.0
         self.t_solver = [sign * x for x in t.detach().tolist()]
         options = dict(options or {})
-        rtol = check_tolerance("rtol", rtol, state, layout=layout)
-        atol = check_tolerance("atol", atol, state, layout=layout)
+        rtol, atol = check_tolerance_pair(rtol, atol, state, layout=layout)
         if "norm" in options:
             options["norm"] = _wrap_norm(options["norm"], layout)
         elif layout is not None:
@@ -200,7 +194,7 @@ def solve(
         func: the vector field, called as ``func(t, y)`` with ``t`` a 0-dim tensor.
         y0: initial state, a tensor of any shape or a tuple of tensors.
         t: strictly increasing or decreasing save times; ``t[0]`` is the start.
-        method: a solver name (``neurode.methods.method_names()``); default ``dopri5``.
+        method: a solver name (``neurode.method_names()``); default ``dopri5``.
         rtol, atol: tolerances of adaptive methods (floats, tensors broadcastable to
             the state, or one per tuple member).
         gradient: how gradients are computed: ``"direct"``, ``"backsolve"``,
@@ -212,10 +206,10 @@ def solve(
         dense: keep the dense output so that ``Solution.evaluate`` works.
         batch: ``"joint"`` (the batch is one system, as in torchdiffeq) or
             ``"per_sample"`` (each row of ``y0`` is its own problem with its own
-            steps; ``t`` may then be ``(B, T)``; see :mod:`neurode.integrate_per_sample`).
+            steps; ``t`` may then be ``(B, T)``; see :mod:`neurode.integrate.per_sample`).
 
     Returns:
-        a :class:`~neurode.solution.Solution`.
+        a :class:`~neurode.integrate.solution.Solution`.
     """
     available = gradients.names()
     if gradient not in available:
@@ -373,7 +367,7 @@ def odeint_event(
     theorem: with ``g(t_e, y(t_e)) = 0``,
     ``dt_e = -(∂g/∂y · dy) / (∂g/∂t + ∂g/∂y · f)``.
     """
-    from .event_gradient import differentiable_event
+    from .gradients.event_time import differentiable_event
 
     return differentiable_event(
         func,

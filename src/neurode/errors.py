@@ -36,6 +36,10 @@ class UnknownOptionError(NeurodeInputError):
     """An option name is not accepted by the chosen method."""
 
 
+class InvalidOptionError(UnknownOptionError):
+    """An option's value is not valid for the chosen method (its name is known)."""
+
+
 class InvalidToleranceError(NeurodeInputError):
     """A tolerance is negative or non-finite."""
 

@@ -46,7 +46,7 @@ from ..api import method_names
 from ..data.mnist import MNIST, mnist_loader
 from ..errors import NeurodeInputError
 from ..gradients import names as gradient_names
-from ..methods import is_adaptive
+from ..integrate.methods import is_adaptive
 from ..models.mnist import ODENet, ResNet, RKNet
 from ..train.checkpoint import (
     CheckpointError,

@@ -1,6 +1,6 @@
 """Gradient methods: one module each, all with the signature of :class:`GradientMethod`.
 
-A gradient method runs the forward solve of an :class:`~neurode.problem.ODEProblem`
+A gradient method runs the forward solve of an :class:`~neurode.integrate.problem.ODEProblem`
 and makes the returned states differentiable with respect to ``y0``, the
 parameters and the times ``t`` in its own way.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import UnknownOptionError
-from ..integrate import Segment
+from ..integrate.dense_output import Segment
 
 
 @dataclass
@@ -29,7 +29,8 @@ class GradientResult:
 GradientMethod = Callable[..., GradientResult]
 """``method(problem, y0, t, t_solver, *, params, options, record_segments) -> GradientResult``
 
-- ``problem``: the :class:`~neurode.problem.ODEProblem` (vector field, method, nfe counter);
+- ``problem``: the :class:`~neurode.integrate.problem.ODEProblem` (vector field, method,
+  nfe counter);
 - ``y0``: the solver state (a flat tensor for tuple states), possibly requiring grad;
 - ``t``: the user's time tensor (may require grad); ``t_solver`` the same times as
   increasing Python floats in solver time;

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..problem import ODEProblem
+from ..integrate.problem import ODEProblem
 
 
 class CustomBackward(Protocol):

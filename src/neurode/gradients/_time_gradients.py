@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..problem import ODEProblem
+from ..integrate.problem import ODEProblem
 
 
 def with_time_gradients(

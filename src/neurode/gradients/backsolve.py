@@ -49,11 +49,11 @@ from typing import Any
 
 import torch
 
-from .._validation import check_tolerance
 from ..errors import InvalidToleranceError, UnknownOptionError
-from ..integrate import AdaptiveOptions, Callbacks
-from ..methods import build_method
-from ..problem import MethodSpec, ODEProblem
+from ..integrate.loop import Callbacks
+from ..integrate.methods import build_method
+from ..integrate.problem import AdaptiveOptions, MethodSpec, ODEProblem
+from ..integrate.tolerances import check_tolerance
 from . import GradientResult, check_options, register
 from ._adjoint_common import (
     apply_custom_backward,
@@ -340,14 +340,14 @@ class _Backsolve:
         elif norm is not None and not (norm == "seminorm" or callable(norm)):
             raise UnknownOptionError(f"adjoint norm must be 'seminorm' or a callable, got {norm!r}")
         if spec.kind == "custom" and self.inherit and forward.name == name:
-            # Integrators outside the Runge–Kutta family keep their options in their
-            # own closure (step size, grid): reuse it, as torchdiffeq reuses `options`.
+            # Integrators outside torch keep their options in their own closure:
+            # reuse it, as torchdiffeq reuses `options`.
             spec = forward
         self.spec = spec
         self.forward_grid: list[float] | None = None
         if spec.kind == "fixed" and self.inherit and forward.kind == "fixed":
-            spec.perturb, spec.interp = forward.perturb, forward.interp
-            self.forward_grid = forward.grid if forward.grid is not None else self.t_solver
+            spec.fixed.perturb, spec.fixed.interp = forward.fixed.perturb, forward.fixed.interp
+            self.forward_grid = forward.fixed.points(self.t_solver[0], self.t_solver[-1])
 
     def _norm(self, norm: Any, like: torch.Tensor) -> Callable:
         problem = self.problem
@@ -391,7 +391,10 @@ class _Backsolve:
             grid = self.forward_grid
             lo, hi = bisect.bisect_right(grid, -tau1), bisect.bisect_left(grid, -tau0)
             inner = [-grid[k] for k in range(hi - 1, lo - 1, -1)]
-            return dataclasses.replace(spec, grid=[tau0, *inner, tau1])
+            grid = [tau0, *inner, tau1]
+            return dataclasses.replace(
+                spec, fixed=dataclasses.replace(spec.fixed, grid=grid, step_size=None)
+            )
         return build_method(
             self.name,
             self.solver_options,
@@ -457,7 +460,6 @@ def _inherited_adaptive(forward: AdaptiveOptions, rtol, atol) -> AdaptiveOptions
         forward,
         rtol=rtol,
         atol=atol,
-        controller=dataclasses.replace(forward.controller),
         step_t=tuple(-s for s in forward.step_t),
         jump_t=tuple(-s for s in forward.jump_t),
     )

@@ -31,8 +31,11 @@ Time gradients use ``dL/dt_i = <dL/dy(t_i), f(t_i, y(t_i))>`` (i > 0) and
 
 ``stats`` gains ``checkpoints`` (states kept) after the forward solve and
 ``nfe_backward`` / ``steps_backward`` (replayed) after backward. The replay does
-not call the step callbacks again. Only Runge–Kutta methods (adaptive or fixed
-grid) can be replayed; other integrators raise ``UnknownMethodError``.
+not call the step callbacks again. The replay is the integration loop itself,
+stepping along the recorded steps (a :class:`~neurode.integrate.controller.GridController`)
+with the forward method's own stepper, so any one-step method can be replayed;
+multistep methods (whose steps depend on earlier ones) and solves outside torch
+raise ``UnknownMethodError``.
 """
 
 from __future__ import annotations
@@ -44,11 +47,10 @@ from typing import Any
 
 import torch
 
-from ..errors import UnknownMethodError, UnknownOptionError
-from ..integrate import Callbacks, Segment
-from ..problem import ODEProblem
-from ..solvers.runge_kutta import runge_kutta_step
-from ..solvers.tableau import ButcherTableau
+from ..errors import InvalidOptionError, UnknownMethodError
+from ..integrate.controller import GridController
+from ..integrate.loop import Callbacks
+from ..integrate.problem import ODEProblem
 from . import GradientResult, check_options, register
 from ._adjoint_common import (
     apply_custom_backward,
@@ -60,10 +62,6 @@ from ._adjoint_common import (
 
 _OPTIONS = frozenset({"checkpoints"})
 _MIN_AUTOMATIC_CHECKPOINTS = 8
-
-_HERMITE = ButcherTableau(name="hermite", order=3, c=(0.0,), a=((),), b=(1.0,))
-"""A stand-in without ``dense`` coefficients: its segments interpolate by cubic Hermite,
-as the fixed-grid loop's do with ``interp="cubic"``."""
 
 
 def solve_checkpoint(
@@ -138,11 +136,12 @@ class _Checkpointed:
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
         ):
-            raise UnknownOptionError(f"checkpoints must be an int >= 1, got {limit!r}")
-        if problem.method.kind not in ("adaptive", "fixed"):
+            raise InvalidOptionError(f"checkpoints must be an int >= 1, got {limit!r}")
+        if problem.method.kind not in ("adaptive", "fixed") or not problem.method.replayable:
             raise UnknownMethodError(
-                f"gradient='checkpoint' replays Runge–Kutta steps; method "
-                f"{problem.method.name!r} is not one (use gradient='direct' or 'backsolve')"
+                f"gradient='checkpoint' replays steps from stored states; the steps of method "
+                f"{problem.method.name!r} cannot be replayed that way (use gradient='direct' "
+                "or 'backsolve')"
             )
         self.problem = problem
         self.t = t
@@ -227,31 +226,27 @@ class _Checkpointed:
 
 
 class _Replay:
-    """Re-runs recorded accepted steps as the integration loop ran them.
+    """Re-runs recorded accepted steps as the forward loop ran them.
 
-    Mirrors ``integrate_adaptive`` and ``integrate_fixed``: the same stage
-    evaluations (with the same one-sided ``perturb`` at breakpoints), the same
-    first-same-as-last reuse, and the same dense output at the save times.
+    The integration loop with the forward method's stepper, stepping along the
+    recorded step times: the same stage evaluations (with the same one-sided
+    ``perturb`` at breakpoints), the same first-same-as-last reuse, and the same
+    dense output at the save times.
     """
 
     def __init__(self, problem: ODEProblem, t_solver: list[float], starts: list[float]):
         method = problem.method
-        self.func = problem.vector_field
-        self.tableau = method.tableau
+        self.problem = problem
         self.t_solver = t_solver
-        self.adaptive = method.kind == "adaptive"
-        if self.adaptive:
-            self.ends = [*starts[1:], t_solver[-1]]
-            t0, t1 = t_solver[0], t_solver[-1]
-            self.jumps = {x for x in method.adaptive.jump_t if t0 < x < t1}
-            self.perturb = bool(self.jumps)
-        else:
-            grid = method.grid if method.grid is not None else t_solver
-            self.ends = list(grid[1 : len(starts) + 1])
-            self.jumps = set()
-            self.perturb = method.perturb
-            self.cubic = method.interp == "cubic"
         self.starts = starts
+        self.ends = [*starts[1:], t_solver[-1]]
+        if method.kind == "adaptive":
+            t0, t1 = t_solver[0], t_solver[-1]
+            self.jumps = frozenset(x for x in method.adaptive.jump_t if t0 < x < t1)
+            self.perturb = False
+        else:
+            self.jumps = frozenset()
+            self.perturb = method.fixed.perturb
 
     def saves_by_step(self) -> dict[int, list[tuple[int, float]]]:
         """For each step, the save times it produced: ``[(index in t, solver time)]``."""
@@ -262,12 +257,15 @@ class _Replay:
         return saves
 
     def _start_perturb(self, step: int) -> int:
-        """The one-sided evaluation the loop used for ``f`` at the start of ``step``."""
-        if not self.adaptive:
-            return 1 if self.perturb else 0
+        """How the forward loop had evaluated ``f`` at the start of ``step``."""
+        if self.perturb:
+            return 1
+        if not self.jumps:
+            return 0
         if step == 0 or self.starts[step] in self.jumps:
-            return 1 if self.perturb else 0
-        return -1 if (self.perturb and self.tableau.fsal) else 0
+            return 1
+        # Inside the span a first-same-as-last derivative was taken from the left.
+        return -1 if self.problem.method.tableau.fsal else 0
 
     def run(
         self,
@@ -277,41 +275,24 @@ class _Replay:
         saves_by_step: dict[int, list[tuple[int, float]]],
     ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
         """Steps ``first .. last-1`` from ``y``; the end state and the saves on the way."""
-        func, tableau = self.func, self.tableau
-        saved: list[tuple[int, torch.Tensor]] = []
-        t = self.starts[first]
-        f0 = func(t, y, self._start_perturb(first))
-        for step in range(first, last):
-            t1 = self.ends[step]
-            result = runge_kutta_step(
-                tableau,
-                func,
-                t,
-                y,
-                f0,
-                t1 - t,
-                t1=t1,
-                perturb_end=self.perturb,
-                with_error=self.adaptive,
-            )
-            y1 = result.y1
-            saves = saves_by_step.get(step, ())
-            if self.adaptive:
-                on_jump = t1 in self.jumps
-                f1 = result.f1
-                if (f1 is None or on_jump) and (step + 1 < last or (saves and not tableau.dense)):
-                    f1 = func(t1, y1, 1 if on_jump else 0)
-                segment = Segment(t, t1, y, y1, result.stages, f1, tableau)
-            elif saves and self.cubic:
-                segment = Segment(t, t1, y, y1, [f0], func(t1, y1, 0), _HERMITE)
-            else:
-                segment = Segment(t, t1, y, y1, [f0], None, None)
-            for i, te in saves:
-                saved.append((i, y1 if te == t1 else segment.evaluate(te)))
-            t, y = t1, y1
-            if step + 1 < last:
-                f0 = f1 if self.adaptive else func(t, y, 1 if self.perturb else 0)
-        return y, saved
+        saves = [save for step in range(first, last) for save in saves_by_step.get(step, ())]
+        end = self.ends[last - 1]
+        times = [self.starts[first], *(te for _, te in saves)]
+        if times[-1] != end:
+            times.append(end)
+        grid = [*self.starts[first:last], end]
+        controller = GridController(
+            grid=grid,
+            perturb=self.perturb,
+            jumps=self.jumps,
+            perturb_ends=bool(self.jumps),
+            start_perturb=self._start_perturb(first),
+            user_time=self.problem.user_time,
+        )
+        trajectory = self.problem.integrate(y, times, controller=controller, callbacks=Callbacks())
+        states = trajectory.ys
+        saved = [(i, states[k + 1]) for k, (i, _) in enumerate(saves)]
+        return states[-1], saved
 
 
 register("checkpoint", solve_checkpoint)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import UnknownOptionError
-from ..problem import ODEProblem
+from ..integrate.problem import ODEProblem
 from . import GradientResult, register
 from ._time_gradients import with_time_gradients
 

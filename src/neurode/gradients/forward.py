@@ -55,9 +55,10 @@ from typing import Any
 import torch
 
 from ..errors import NeurodeInputError
-from ..integrate import Segment, Trajectory
-from ..problem import ODEProblem
-from ..step_size import rms_norm
+from ..integrate.dense_output import Segment
+from ..integrate.error_norm import rms_norm
+from ..integrate.loop import Trajectory
+from ..integrate.problem import ODEProblem
 from . import GradientResult, check_options, register
 from ._time_gradients import with_time_gradients
 
@@ -282,7 +283,14 @@ def _project_segments(segments: list[Segment] | None, field: _AugmentedField):
 
     return [
         Segment(
-            s.t0, s.t1, part(s.y0), part(s.y1), [part(k) for k in s.stages], part(s.f1), s.tableau
+            s.t0,
+            s.t1,
+            part(s.y0),
+            part(s.y1),
+            [part(k) for k in s.stages],
+            part(s.f1),
+            s.tableau,
+            s.interpolation,
         )
         for s in segments
     ]

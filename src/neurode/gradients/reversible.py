@@ -76,18 +76,14 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..errors import (
-    MaxStepsExceededError,
-    NeurodeInputError,
-    NonFiniteStateError,
-    StepSizeTooSmallError,
-    UnknownMethodError,
-)
-from ..integrate import AdaptiveOptions, Segment, fixed_grid_from_step_size
-from ..problem import ODEProblem
-from ..solvers.reversible import reversible_step, rk_increment, undo_coupling
+from ..errors import NeurodeInputError, UnknownMethodError
+from ..integrate.controller import GridController, PIDController, fixed_grid_from_step_size
+from ..integrate.dense_output import Segment
+from ..integrate.error_norm import ErrorNorm
+from ..integrate.problem import AdaptiveOptions, ODEProblem
+from ..integrate.reversible_stepper import ReversibleMethod
+from ..solvers.reversible import rk_increment, undo_coupling
 from ..solvers.tableau import ButcherTableau
-from ..step_size import error_ratio, initial_step_size
 from . import GradientResult, check_options, register
 from ._time_gradients import with_time_gradients
 
@@ -140,7 +136,11 @@ def _parse_options(
     step_size, user_grid = options.get("step_size"), options.get("grid")
     if step_size is not None and user_grid is not None:
         raise NeurodeInputError("give either step_size or grid in gradient_options, not both")
-    if (step_size is not None or user_grid is not None) and spec.grid is not None:
+    if (
+        (step_size is not None or user_grid is not None)
+        and spec.fixed is not None
+        and spec.fixed.given
+    ):
         raise NeurodeInputError(
             f"method {spec.name!r} already has a step grid from its options; give the step "
             "size once"
@@ -151,7 +151,7 @@ def _parse_options(
     elif user_grid is not None:
         grid = _grid_from_user(user_grid, t, t_solver, problem.reversed)
     elif spec.kind == "fixed":
-        grid = list(spec.grid) if spec.grid is not None else list(t_solver)
+        grid = spec.fixed.points(t_solver[0], t_solver[-1])
     if grid is not None:
         return _Settings(spec.tableau, coupling, rate, None, _merge_save_times(grid, t_solver))
     return _Settings(spec.tableau, coupling, rate, spec.adaptive, None)
@@ -209,16 +209,6 @@ def _merge_save_times(grid: list[float], t_solver: list[float]) -> list[float]:
     return sorted(merged)
 
 
-def _check_finite(tensor: torch.Tensor, t: float, problem: ODEProblem) -> None:
-    if not bool(torch.isfinite(tensor).all()):
-        raise NonFiniteStateError(
-            f"the reversible solve became NaN or infinite at t={problem.user_time(t):.6g}; "
-            "set gradient_options['coupling_rate'] or shrink the steps (see "
-            "neurode.gradients.reversible)",
-            t=problem.user_time(t),
-        )
-
-
 class _ReversibleIntegrator:
     """Runs the reversible solve forwards, then backwards for the gradients."""
 
@@ -244,174 +234,48 @@ class _ReversibleIntegrator:
 
     # ---------------------------------------------------------------------- forward
     def forward(self, y0: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """The saved states and the final pair ``(y_N, z_N)``."""
-        if self.settings.grid is not None:
-            ys, y, z = self._forward_fixed(y0)
-        else:
-            ys, y, z = self._forward_adaptive(y0)
-        self._warn_if_unstable(y, z)
-        return ys, y, z
+        """The saved states and the final pair ``(y_N, z_N)``.
 
-    def _forward_fixed(self, y0: torch.Tensor):
-        s = self.settings
-        grid = s.grid
-        callbacks = self.problem.callbacks
-        saves = set(self.t_solver)
-        y = z = y0
-        ys = [y0]
-        self.times = [grid[0]]
-        self.save_steps = [0]
-        for t0, t1 in zip(grid[:-1], grid[1:]):
-            if callbacks.step is not None:
-                callbacks.step(t0, y, t1 - t0)
-            step = reversible_step(
-                s.tableau,
-                self.problem.vector_field,
-                t0,
-                t1,
-                y,
-                z,
-                s.coupling_for(t0, t1),
-                full=self.segments is not None,
-            )
-            if callbacks.accept_step is not None:
-                callbacks.accept_step(t0, y, t1 - t0)
-            self._record_segment(t0, t1, y, step)
-            y, z = step.y1, step.z1
-            self.times.append(t1)
-            if t1 in saves:
-                _check_finite(y, t1, self.problem)
-                ys.append(y)
-                self.save_steps.append(len(self.times) - 1)
-        self.stats.update(steps=len(grid) - 1, accepted=len(grid) - 1, rejected=0)
-        return ys, y, z
-
-    def _forward_adaptive(self, y0: torch.Tensor):
-        s = self.settings
-        options = s.adaptive
-        controller = options.controller
-        controller.reset()
-        problem = self.problem
-        callbacks = problem.callbacks
-        order = s.tableau.error_exponent_order
-        t, t_end = self.t_solver[0], self.t_solver[-1]
-        saves = set(self.t_solver[1:])
-        breakpoints = sorted(
-            saves | {x for x in (*options.step_t, *options.jump_t) if t < x < t_end}
-        )
-        next_break = 0
-        y = z = y0
-        ys = [y0]
-        self.times = [t]
-        self.save_steps = [0]
-        if len(self.t_solver) == 1:
-            self.stats.update(steps=0, accepted=0, rejected=0)
-            return ys, y, z
-        if options.first_step is not None:
-            step_size = float(options.first_step)
-        else:
-            f0 = problem.vector_field(t, y0)
-            step_size = initial_step_size(
-                lambda s_, x: problem.vector_field(s_, x),
-                t,
-                y0,
-                f0,
-                order - 1,
-                options.rtol,
-                options.atol,
-                options.norm,
-            )
-        accepted = rejected = 0
-        ratio_finite = True
-        while next_break < len(breakpoints):
-            if accepted + rejected >= options.max_num_steps:
-                raise MaxStepsExceededError(
-                    f"max_num_steps={options.max_num_steps} exceeded at "
-                    f"t={problem.user_time(t):.6g}; raise options['max_num_steps'] or loosen "
-                    "rtol/atol",
-                    t=problem.user_time(t),
-                )
-            step_size = controller.clip(step_size)
-            t1 = min(t + step_size, breakpoints[next_break])
-            h = t1 - t
-            if not h > 0:
-                if not ratio_finite:
-                    raise NonFiniteStateError(
-                        f"func returned NaN or infinity near t={problem.user_time(t):.6g} for "
-                        "every step size tried",
-                        t=problem.user_time(t),
-                    )
-                raise StepSizeTooSmallError(
-                    f"step size {step_size:.3g} underflows at t={problem.user_time(t):.17g}; "
-                    "loosen rtol/atol or check func for a singularity there",
-                    t=problem.user_time(t),
-                )
-            if callbacks.step is not None:
-                callbacks.step(t, y, h)
-            step = reversible_step(
-                s.tableau,
-                problem.vector_field,
-                t,
-                t1,
-                y,
-                z,
-                s.coupling_for(t, t1),
-                with_error=True,
-                full=self.segments is not None,
-            )
-            ratio = max(
-                error_ratio(
-                    step.forward.error_estimate,
-                    y,
-                    step.y1,
-                    options.rtol,
-                    options.atol,
-                    options.norm,
-                ),
-                error_ratio(
-                    step.backward.error_estimate,
-                    step.y1,
-                    step.z1,
-                    options.rtol,
-                    options.atol,
-                    options.norm,
-                ),
-            )
-            ratio_finite = math.isfinite(ratio)
-            accept = ratio_finite and (ratio <= 1.0 or h <= controller.min_step)
-            if accept:
-                if callbacks.accept_step is not None:
-                    callbacks.accept_step(t, y, h)
-                accepted += 1
-                self._record_segment(t, t1, y, step)
-                y, z = step.y1, step.z1
-                self.times.append(t1)
-                if t1 == breakpoints[next_break]:
-                    next_break += 1
-                    if t1 in saves:
-                        ys.append(y)
-                        self.save_steps.append(len(self.times) - 1)
-                t = t1
-            else:
-                if callbacks.reject_step is not None:
-                    callbacks.reject_step(t, y, h)
-                rejected += 1
-            step_size = controller.propose(h, ratio, order, accept)
-        self.stats.update(steps=accepted + rejected, accepted=accepted, rejected=rejected)
-        return ys, y, z
-
-    def _record_segment(self, t0: float, t1: float, y: torch.Tensor, step) -> None:
-        """Dense output: the base step's interpolant from ``z_n``, shifted to start at ``y_n``.
-
-        Exact at both ends; inside the step it differs from the base method's own
-        interpolant by at most ``(1 − λ)‖y_n − z_n‖``.
+        The integration loop with the reversible stepper; every save time (and
+        every ``step_t``/``jump_t``, without one-sided evaluations: the inverse
+        steps evaluate ``f`` at the same times) is a step boundary, so the saved
+        states are states of the reversible solve itself.
         """
-        if self.segments is None:
-            return
-        f1 = step.backward.stages[0]  # f(t_{n+1}, y_{n+1})
-        self.segments.append(
-            Segment(t0, t1, y, step.y1, step.forward.stages, f1, self.settings.tableau)
+        problem, s = self.problem, self.settings
+        stepper = ReversibleMethod(
+            s.tableau,
+            s.coupling_for,
+            with_error=s.adaptive is not None,
+            full=self.segments is not None,
         )
+        if s.grid is not None:
+            controller = GridController(grid=s.grid, user_time=problem.user_time)
+        else:
+            options = s.adaptive
+            controller = PIDController(
+                ErrorNorm(y0, options.rtol, options.atol, options.norm),
+                options.coefficients,
+                first_step=options.first_step,
+                max_num_steps=options.max_num_steps,
+                step_t=(*options.step_t, *options.jump_t, *self.t_solver[1:-1]),
+                user_time=problem.user_time,
+            )
+        trajectory = problem.integrate(
+            y0,
+            self.t_solver,
+            stepper=stepper,
+            controller=controller,
+            record_segments=self.segments is not None,
+        )
+        if self.segments is not None:
+            self.segments = trajectory.segments
+        self.stats.update(trajectory.stats)
+        self.times = stepper.times or [self.t_solver[0]]
+        position = {time: index for index, time in enumerate(self.times)}
+        self.save_steps = [position[time] for time in self.t_solver]
+        y, z = stepper.final if len(self.times) > 1 else (y0, y0)
+        self._warn_if_unstable(y, z)
+        return list(trajectory.ys), y, z
 
     def _warn_if_unstable(self, y: torch.Tensor, z: torch.Tensor) -> None:
         gap = float((y - z).abs().max()) if y.numel() else 0.0

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .runge_kutta import StageFunction, linear_combination
+from .runge_kutta import StageFunction, runge_kutta_step
 from .tableau import ButcherTableau
 
 
@@ -67,17 +67,6 @@ class Increment:
     """The stages evaluated (all of them when ``full``); ``stages[0] = f(t, x)``."""
 
 
-def _stages_needed(tableau: ButcherTableau, with_error: bool) -> int:
-    """Trailing stages with zero weight (FSAL stages, say) are skipped unless needed."""
-    needed = 1
-    for i in range(tableau.stages):
-        if tableau.b[i] != 0.0 or (
-            with_error and tableau.b_error is not None and tableau.b_error[i] != 0.0
-        ):
-            needed = i + 1
-    return needed
-
-
 def rk_increment(
     tableau: ButcherTableau,
     func: StageFunction,
@@ -87,24 +76,27 @@ def rk_increment(
     *,
     with_error: bool = False,
     full: bool = False,
+    f0: torch.Tensor | None = None,
 ) -> Increment:
     """The increment ``Ψ_h(t, x)`` of one base step from ``t`` to ``t1`` (``h = t1 − t``, any sign).
 
     Stages with ``c_i = 1`` are evaluated at exactly ``t1``. ``full`` evaluates every
     stage (dense output needs them); otherwise only those the result depends on.
+    ``f0`` is ``f(t, x)`` if the caller has it.
     """
-    h = t1 - t
-    count = tableau.stages if full else _stages_needed(tableau, with_error)
-    stages = [func(t, x, 0)]
-    for i in range(1, count):
-        x_stage = linear_combination(x, stages, [h * a_ij for a_ij in tableau.a[i]])
-        t_stage = t1 if tableau.c[i] == 1.0 else t + tableau.c[i] * h
-        stages.append(func(t_stage, x_stage, 0))
-    value = linear_combination(None, stages, [h * b_i for b_i in tableau.b[:count]])
-    error = None
-    if with_error and tableau.b_error is not None:
-        error = linear_combination(None, stages, [h * e_i for e_i in tableau.b_error[:count]])
-    return Increment(value=value, error_estimate=error, stages=stages)
+    step = runge_kutta_step(
+        tableau,
+        func,
+        t,
+        x,
+        func(t, x, 0) if f0 is None else f0,
+        t1 - t,
+        t1=t1,
+        with_error=with_error,
+        increment=True,
+        all_stages=full,
+    )
+    return Increment(value=step.increment, error_estimate=step.error_estimate, stages=step.stages)
 
 
 @dataclass
@@ -130,9 +122,13 @@ def reversible_step(
     *,
     with_error: bool = False,
     full: bool = False,
+    f0: torch.Tensor | None = None,
 ) -> ReversibleStep:
-    """``(y_n, z_n) ↦ (y_{n+1}, z_{n+1})`` from ``t0`` to ``t1`` (``2 × stages`` evaluations)."""
-    forward = rk_increment(tableau, func, t0, z0, t1, with_error=with_error, full=full)
+    """``(y_n, z_n) ↦ (y_{n+1}, z_{n+1})`` from ``t0`` to ``t1`` (``2 × stages`` evaluations).
+
+    ``f0`` is ``f(t0, z_n)`` if the caller has it.
+    """
+    forward = rk_increment(tableau, func, t0, z0, t1, with_error=with_error, full=full, f0=f0)
     y1 = torch.add(forward.value, y0, alpha=coupling)
     if coupling != 1.0:
         y1.add_(z0, alpha=1.0 - coupling)

@@ -1,23 +1,35 @@
 """One generic explicit Runge–Kutta step, serving every tableau.
 
-The step is a pure function of tensors: given ``f0 = f(t, y0)`` it evaluates the
-remaining stages, combines them into ``y1`` and (for embedded pairs) the error
-estimate, and returns the stages for the dense output.
+Given ``f0 = f(t, y0)`` the step evaluates the remaining stages, combines them
+into ``y1`` and (for embedded pairs) the error estimate, and keeps the stages
+for the dense output:
+
+    k_1 = f0,   k_i = f(t + c_i h, y0 + h Σ_{j<i} a_ij k_j),
+    y1 = y0 + h Σ_i b_i k_i,   e = h Σ_i (b_i − b̂_i) k_i,
+    y(t + θh) = y0 + h Σ_i b_i(θ) k_i          (the tableau's own interpolant).
 
 Every combination ``y0 + h Σ_j w_j k_j`` is one BLAS call on the stages laid
-out as the rows of an ``(i, N)`` matrix: ``addmv`` for a stage input, ``y1`` and
-the error estimate, ``addmm`` for all save points inside a step at once. That
-is one tensor operation per stage instead of up to ``s`` chained additions,
-which is what the loop's own cost is made of on small states, and fewer passes
-over memory on large ones. Where that matrix comes from is the only difference
-between the two ways of stepping, and the results agree bit for bit:
+out as the columns of an ``(N, i)`` matrix: ``addmv`` for a stage input, ``y1``
+and the error estimate, ``addmm`` for all save points inside a step. That is one
+tensor operation per stage instead of up to ``s`` chained additions, which is
+what the loop's own cost is made of on small states.
 
-- :func:`runge_kutta_step` stacks the stages afresh for each combination. Every
+:class:`RungeKuttaStepper` is the one stage routine. Where its stage matrix
+comes from is the only difference between its two modes, and the results agree
+bit for bit:
+
+- ``fused=False`` stacks the stages afresh for each combination. Every
   operation is out of place, so it is safe under autograd and inside
   ``torch.func`` transforms.
-- :class:`RungeKuttaStepper` with ``fused=True`` copies each stage into a row of
-  one matrix kept for the whole solve. The in-place writes are why it serves
-  only solves without autograd (:func:`can_fuse`).
+- ``fused=True`` copies each stage into a row of one matrix kept for the whole
+  solve. The in-place writes are why it serves only solves without autograd
+  (:func:`can_fuse`).
+
+The step size ``h`` is a float (one step for the whole state) or, for
+per-sample batching, a ``(B,)`` tensor: row ``b`` of the state (its first
+dimension) then takes its own step ``h[b]`` from its own time ``t[b]``, with
+``y0 + h_b Σ_j w_j k_j`` formed as one matrix-vector product and one
+``addcmul``. Everything else is shared.
 """
 
 from __future__ import annotations
@@ -28,10 +40,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .interpolation import hermite_interpolate, row_scale
 from .tableau import ButcherTableau
 
-StageFunction = Callable[[float, torch.Tensor, int], torch.Tensor]
-"""``f(t, y, perturb)``: the vector field; ``perturb=-1`` asks for the limit from the left."""
+StageFunction = Callable[[float | torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""``f(t, y, perturb)``: the vector field; ``perturb=-1`` asks for the limit from the left.
+
+``t`` is a float, or a ``(B,)`` tensor of per-row times when the step size is per row."""
+
+StepSize = float | torch.Tensor
 
 
 def linear_combination(base: torch.Tensor | None, terms, coefficients) -> torch.Tensor:
@@ -64,6 +81,8 @@ class RungeKuttaStep:
     """``f(t + h, y1)`` when the tableau is FSAL, else None."""
     error_estimate: torch.Tensor | None
     stages: list[torch.Tensor]
+    increment: torch.Tensor | None = None
+    """``h Σ b_i k_i`` itself, when asked for (``y1`` is then None)."""
 
 
 @dataclass(frozen=True)
@@ -106,77 +125,6 @@ def _coefficient_tensors(
     return tensors
 
 
-def runge_kutta_step(
-    tableau: ButcherTableau,
-    func: StageFunction,
-    t: float,
-    y0: torch.Tensor,
-    f0: torch.Tensor,
-    step_size: float,
-    *,
-    t1: float | None = None,
-    perturb_end: bool = False,
-    with_error: bool = True,
-) -> RungeKuttaStep:
-    r"""Advance ``y0`` by one step of size ``h = step_size``.
-
-    ``k_1 = f0``, ``k_i = f(t + c_i h, y0 + h Σ_{j<i} a_ij k_j)``,
-    ``y1 = y0 + h Σ b_i k_i``, error estimate ``h Σ (b_i - b̂_i) k_i``.
-    Stages with ``c_i = 1`` are evaluated at exactly ``t1`` (default ``t + h``),
-    from the left when ``perturb_end`` (a discontinuity may sit at ``t1``).
-    """
-    h = step_size
-    t_end = t + h if t1 is None else t1
-    end_perturb = -1 if perturb_end else 0
-    coefficients = _coefficient_tensors(tableau, y0.dtype, y0.device)
-    flat0 = y0.reshape(-1)
-    stages = [f0]
-    y_stage = y0
-    for i in range(1, tableau.stages):
-        columns = _as_columns(stages, y0.dtype)
-        y_stage = torch.addmv(flat0, columns, coefficients.a[i], alpha=h).view_as(y0)
-        c_i = tableau.c[i]
-        t_stage, perturb = (t_end, end_perturb) if c_i == 1.0 else (t + c_i * h, 0)
-        stages.append(func(t_stage, y_stage, perturb))
-    columns = _as_columns(stages, y0.dtype)
-    return _finish_step(
-        coefficients, tableau.fsal, flat0, y0, y_stage, columns, stages, h, with_error
-    )
-
-
-def _as_columns(stages: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """The stages as the columns of an ``(N, i)`` matrix, the layout the fused path keeps."""
-    stacked = torch.stack(stages)
-    if stacked.dtype != dtype:
-        stacked = stacked.to(dtype)
-    return stacked.view(len(stages), -1).t()
-
-
-def _finish_step(
-    coefficients: _CoefficientTensors,
-    fsal: bool,
-    flat0: torch.Tensor,
-    y0: torch.Tensor,
-    last_stage_input: torch.Tensor,
-    columns: torch.Tensor,
-    stages: list[torch.Tensor],
-    h: float,
-    with_error: bool,
-) -> RungeKuttaStep:
-    """``y1`` (the last stage's input when first-same-as-last) and the error estimate."""
-    if fsal:
-        y1, f1 = last_stage_input, stages[-1]
-    else:
-        y1 = torch.addmv(flat0, columns, coefficients.b, alpha=h).view_as(y0)
-        f1 = None
-    error_estimate = None
-    if with_error and coefficients.b_error is not None:
-        # beta=0: the first argument only supplies the shape and is not read.
-        error = torch.addmv(flat0, columns, coefficients.b_error, beta=0, alpha=h)
-        error_estimate = error.view_as(y0)
-    return RungeKuttaStep(y1=y1, f1=f1, error_estimate=error_estimate, stages=stages)
-
-
 def dense_weights(tableau: ButcherTableau, theta: float) -> list[float] | None:
     """``b_i(θ)`` of the tableau's own continuous extension, or None if it has none."""
     if tableau.dense is None:
@@ -189,51 +137,6 @@ def dense_weights(tableau: ButcherTableau, theta: float) -> list[float] | None:
             power *= theta
         weights.append(value)
     return weights
-
-
-def hermite_interpolate(
-    y0: torch.Tensor,
-    y1: torch.Tensor,
-    f0: torch.Tensor,
-    f1: torch.Tensor,
-    step_size: float,
-    theta: float,
-) -> torch.Tensor:
-    """Cubic Hermite interpolation on ``[t, t + h]`` at ``t + θ h`` (third-order accurate)."""
-    h = step_size
-    t2, t3 = theta * theta, theta * theta * theta
-    h00 = 2 * t3 - 3 * t2 + 1
-    h10 = t3 - 2 * t2 + theta
-    h01 = -2 * t3 + 3 * t2
-    h11 = t3 - t2
-    return linear_combination(None, (y0, f0, y1, f1), (h00, h * h10, h01, h * h11))
-
-
-def dense_evaluate(
-    tableau: ButcherTableau,
-    y0: torch.Tensor,
-    y1: torch.Tensor,
-    stages: list[torch.Tensor],
-    f1: torch.Tensor | None,
-    step_size: float,
-    theta: float,
-) -> torch.Tensor:
-    """The solution at ``t + θ h`` inside an accepted step.
-
-    Uses the tableau's own interpolant when it has one,
-    ``y0 + h Σ b_i(θ) k_i``; otherwise cubic Hermite through
-    ``(y0, k_1)`` and ``(y1, f1)``.
-    """
-    if theta == 0.0:
-        return y0
-    if theta == 1.0:
-        return y1
-    weights = dense_weights(tableau, theta)
-    if weights is not None:
-        return linear_combination(y0, stages, [step_size * w for w in weights])
-    if f1 is None:
-        raise ValueError("Hermite dense output needs f(t1, y1)")
-    return hermite_interpolate(y0, y1, stages[0], f1, step_size, theta)
 
 
 _NUMPY_DTYPES = {
@@ -286,15 +189,25 @@ _IDLE_STEPPERS: dict[tuple, RungeKuttaStepper] = {}
 _IDLE_BYTES_MAX = 64 * 2**20
 
 
+def _stages_needed(tableau: ButcherTableau, with_error: bool) -> int:
+    """Stages up to the last one with a weight in ``b`` (or the error weights)."""
+    needed = 1
+    for i in range(tableau.stages):
+        if tableau.b[i] != 0.0 or (
+            with_error and tableau.b_error is not None and tableau.b_error[i] != 0.0
+        ):
+            needed = i + 1
+    return needed
+
+
 class RungeKuttaStepper:
     """The steps of one tableau on one state, with the per-solve preparation done once.
 
-    ``fused=False`` is :func:`runge_kutta_step`. ``fused=True`` (see the module
-    notes; only where :func:`can_fuse` holds) keeps the stages of the latest step
-    as rows of one matrix: :meth:`dense_states` must then be called for a step
-    before the next one starts. Either way the returned stages are the tensors
-    ``f`` returned, never overwritten later, so they can back a dense-output
-    segment.
+    ``fused=True`` (see the module notes; only where :func:`can_fuse` holds)
+    keeps the stages of the latest step as rows of one matrix:
+    :meth:`dense_states` must then be called for a step before the next one
+    starts. Either way the returned stages are the tensors ``f`` returned, never
+    overwritten later, so they can back a dense-output segment.
 
     Get one with :meth:`acquire` and hand it back with :meth:`release` when the
     solve is done: the next solve of the same shape then skips building the
@@ -336,112 +249,229 @@ class RungeKuttaStepper:
             return
         s = tableau.stages
         self._matrix = torch.empty(s, y0.numel(), dtype=y0.dtype, device=y0.device)
-        rows = self._matrix.view(s, *y0.shape).unbind(0)
-        by_column = self._matrix.t()
-        # Stage i: its weights on stages 0..i-1, those stages as columns (the layout
-        # runge_kutta_step stacks them in), its row, c_i.
-        self._stages = [
-            (self._coefficients.a[i], by_column[:, :i], rows[i], tableau.c[i]) for i in range(1, s)
-        ]
-        self._all_stages = by_column
-        self._first_row = rows[0]
+        self._rows = self._matrix.view(s, *y0.shape).unbind(0)
+        # Stage i reads the stages before it as the first i columns of this view.
+        self._by_column = self._matrix.t()
         self._loaded_f0: torch.Tensor | None = None
         self._key = _idle_key(tableau, y0)
 
+    # ------------------------------------------------------------------- the step
     def step(
         self,
         func: StageFunction,
-        t: float,
+        t: float | torch.Tensor,
         y0: torch.Tensor,
         f0: torch.Tensor,
-        step_size: float,
+        step_size: StepSize,
         *,
-        t1: float | None = None,
+        t1: float | torch.Tensor | None = None,
         perturb_end: bool = False,
         with_error: bool = True,
+        increment: bool = False,
+        all_stages: bool = False,
     ) -> RungeKuttaStep:
-        """One step as :func:`runge_kutta_step` takes it."""
-        if not self.fused:
-            return runge_kutta_step(
-                self.tableau,
-                func,
-                t,
-                y0,
-                f0,
-                step_size,
-                t1=t1,
-                perturb_end=perturb_end,
-                with_error=with_error,
-            )
+        r"""Advance ``y0`` by one step of size ``h = step_size`` (a float, or per row).
+
+        Stages with ``c_i = 1`` are evaluated at exactly ``t1`` (default ``t + h``),
+        from the left when ``perturb_end`` (a discontinuity may sit at ``t1``).
+        ``increment=True`` returns ``h Σ b_i k_i`` instead of ``y1`` and evaluates
+        only the stages it needs (the reversible method's base step), or every
+        stage with ``all_stages`` (for the dense output).
+        """
+        tableau, coefficients = self.tableau, self._coefficients
         h = step_size
+        per_row = isinstance(h, torch.Tensor)
+        h_rows = row_scale(h, y0) if per_row else None
         t_end = t + h if t1 is None else t1
         end_perturb = -1 if perturb_end else 0
-        if f0 is not self._loaded_f0:
-            self._first_row.copy_(f0)
-            self._loaded_f0 = f0
+        count = tableau.stages
+        if increment and not all_stages:
+            count = _stages_needed(tableau, with_error)
         flat0 = y0.reshape(-1)
+        if self.fused and f0 is not self._loaded_f0:
+            self._rows[0].copy_(f0)
+            self._loaded_f0 = f0
         stages = [f0]
         y_stage = y0
-        for a_i, columns, row, c_i in self._stages:
-            y_stage = torch.addmv(flat0, columns, a_i, alpha=h).view_as(y0)
+        for i in range(1, count):
+            columns = self._columns(stages, i)
+            y_stage = _combine(flat0, y0, columns, coefficients.a[i], h, h_rows)
+            c_i = tableau.c[i]
             t_stage, perturb = (t_end, end_perturb) if c_i == 1.0 else (t + c_i * h, 0)
             k = func(t_stage, y_stage, perturb)
-            row.copy_(k)
+            if self.fused:
+                self._rows[i].copy_(k)
             stages.append(k)
-        return _finish_step(
-            self._coefficients,
-            self.tableau.fsal,
-            flat0,
-            y0,
-            y_stage,
-            self._all_stages,
-            stages,
-            h,
-            with_error,
-        )
+        columns = self._columns(stages, count)
+        error_estimate = None
+        if with_error and coefficients.b_error is not None:
+            error_estimate = _combine(None, y0, columns, coefficients.b_error[:count], h, h_rows)
+        if increment:
+            value = _combine(None, y0, columns, coefficients.b[:count], h, h_rows)
+            return RungeKuttaStep(None, None, error_estimate, stages, increment=value)
+        if tableau.fsal:
+            y1, f1 = y_stage, stages[-1]
+        else:
+            y1, f1 = _combine(flat0, y0, columns, coefficients.b, h, h_rows), None
+        return RungeKuttaStep(y1=y1, f1=f1, error_estimate=error_estimate, stages=stages)
 
+    def _columns(self, stages: list[torch.Tensor], count: int) -> torch.Tensor:
+        """The first ``count`` stages as the columns of an ``(N, count)`` matrix."""
+        if self.fused:
+            return self._by_column[:, :count]
+        return stage_columns(stages[:count], self._coefficients.b.dtype)
+
+    # ----------------------------------------------------------------- dense output
     def dense_states(
         self,
         step: RungeKuttaStep,
         y0: torch.Tensor,
         f1: torch.Tensor | None,
-        step_size: float,
-        thetas: Sequence[float],
+        step_size: StepSize,
+        thetas: Sequence[float] | torch.Tensor,
         out: torch.Tensor | None = None,
-    ) -> list[torch.Tensor] | None:
-        """The solution at ``t + θ h`` for each ``θ`` in ``thetas``, inside the latest step.
+    ) -> list[torch.Tensor] | torch.Tensor | None:
+        """The solution at ``t + θ h`` inside the latest step (see :func:`dense_states`)."""
+        columns = self._by_column if self.fused else None
+        return dense_states(
+            self.tableau, y0, step.y1, step.stages, f1, step_size, thetas, out, columns=columns
+        )
 
-        Returned as a list, or written into the rows of ``out`` (shape
-        ``(len(thetas), *y0.shape)``) if given.
 
-        With the tableau's own interpolant all of them come from one product
-        ``y0 + h W K`` with ``W[m, i] = b_i(θ_m) = Σ_j θ_m^(j+1) dense[j, i]``;
-        without one, cubic Hermite through ``(y0, k_1)`` and ``(y1, f1)``.
-        """
-        h, dense = step_size, self._coefficients.dense
-        if dense is None:
-            if f1 is None:
-                raise ValueError("Hermite dense output needs f(t1, y1)")
-            states = [hermite_interpolate(y0, step.y1, step.stages[0], f1, h, th) for th in thetas]
-            if out is None:
-                return states
-            torch.stack(states, out=out)
-            return None
-        if len(thetas) == 1:
-            # The common case of steps shorter than the save spacing: one matrix-vector
-            # product, weights b_i(θ) from the polynomials directly.
-            weights = _small_tensor(dense_weights(self.tableau, thetas[0]), dense)
-            columns = self._all_stages if self.fused else _as_columns(step.stages, y0.dtype)
-            if out is None:
-                return [torch.addmv(y0.reshape(-1), columns, weights, alpha=h).view_as(y0)]
-            torch.addmv(y0.reshape(-1), columns, weights, alpha=h, out=out.view(-1))
-            return None
-        degree = dense.shape[0]
-        powers = [[theta**j for j in range(1, degree + 1)] for theta in thetas]
-        weights = _small_tensor(powers, dense).mm(dense)
-        stages = self._matrix if self.fused else _as_columns(step.stages, y0.dtype).t()
+def _combine(
+    flat0: torch.Tensor | None,
+    y0: torch.Tensor,
+    columns: torch.Tensor,
+    weights: torch.Tensor,
+    h: StepSize,
+    h_rows: torch.Tensor | None,
+) -> torch.Tensor:
+    """``y0 + h · columns @ weights`` shaped like ``y0`` (``flat0=None``: without ``y0``)."""
+    if h_rows is None:
+        if flat0 is None:
+            # beta=0: the first argument only supplies the shape and is not read.
+            return torch.addmv(y0.reshape(-1), columns, weights, beta=0, alpha=h).view_as(y0)
+        return torch.addmv(flat0, columns, weights, alpha=h).view_as(y0)
+    combined = torch.mv(columns, weights).view_as(y0)
+    if flat0 is None:
+        return combined * h_rows
+    return torch.addcmul(y0, combined, h_rows)
+
+
+def stage_columns(stages: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The stages as the columns of an ``(N, i)`` matrix, the layout the fused path keeps."""
+    stacked = torch.stack(list(stages))
+    if stacked.dtype != dtype:
+        stacked = stacked.to(dtype)
+    return stacked.view(len(stages), -1).t()
+
+
+def runge_kutta_step(
+    tableau: ButcherTableau,
+    func: StageFunction,
+    t: float | torch.Tensor,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    step_size: StepSize,
+    **kwargs,
+) -> RungeKuttaStep:
+    """One step by a fresh, autograd-safe :class:`RungeKuttaStepper` (keywords as its ``step``)."""
+    return RungeKuttaStepper(tableau, y0, fused=False).step(func, t, y0, f0, step_size, **kwargs)
+
+
+def dense_states(
+    tableau: ButcherTableau,
+    y0: torch.Tensor,
+    y1: torch.Tensor,
+    stages: Sequence[torch.Tensor],
+    f1: torch.Tensor | None,
+    step_size: StepSize,
+    thetas: Sequence[float] | torch.Tensor,
+    out: torch.Tensor | None = None,
+    *,
+    columns: torch.Tensor | None = None,
+) -> list[torch.Tensor] | torch.Tensor | None:
+    """The solution at ``t + θ h`` inside an accepted step: the one dense-output evaluator.
+
+    With the tableau's own interpolant, ``y0 + h W K`` with
+    ``W[m, i] = b_i(θ_m) = Σ_j θ_m^(j+1) dense[j, i]`` (one matrix product for all
+    of them); without one, cubic Hermite through ``(y0, k_1)`` and ``(y1, f1)``.
+
+    ``thetas`` is a sequence of floats (a list of states is returned, or written
+    into the rows of ``out``, shape ``(len(thetas), *y0.shape)``) or, with a per-row
+    step size, a ``(B,)`` tensor: one state is returned, row ``b`` at ``θ_b``.
+    ``columns`` is the stage matrix when the caller keeps one.
+    """
+    h = step_size
+    coefficients = _coefficient_tensors(tableau, y0.dtype, y0.device)
+    dense = coefficients.dense
+    if isinstance(thetas, torch.Tensor):
+        return _dense_rows(tableau, coefficients, y0, y1, stages, f1, h, thetas, columns)
+    if dense is None:
+        if f1 is None:
+            raise ValueError("Hermite dense output needs f(t1, y1)")
+        states = [hermite_interpolate(y0, y1, stages[0], f1, h, theta) for theta in thetas]
         if out is None:
-            states = torch.addmm(y0.reshape(1, -1), weights, stages, alpha=h)
-            return list(states.view(len(thetas), *self.shape).unbind(0))
-        torch.addmm(y0.reshape(1, -1), weights, stages, alpha=h, out=out.view(len(thetas), -1))
+            return states
+        torch.stack(states, out=out)
         return None
+    if columns is None:
+        columns = stage_columns(stages, y0.dtype)
+    flat0 = y0.reshape(-1)
+    if len(thetas) == 1:
+        # The common case of steps shorter than the save spacing: one matrix-vector
+        # product, weights b_i(θ) from the polynomials directly.
+        weights = _small_tensor(dense_weights(tableau, thetas[0]), dense)
+        if out is None:
+            return [torch.addmv(flat0, columns, weights, alpha=h).view_as(y0)]
+        torch.addmv(flat0, columns, weights, alpha=h, out=out.view(-1))
+        return None
+    degree = dense.shape[0]
+    powers = [[theta**j for j in range(1, degree + 1)] for theta in thetas]
+    weights = _small_tensor(powers, dense).mm(dense)
+    if out is None:
+        states = torch.addmm(flat0.unsqueeze(0), weights, columns.t(), alpha=h)
+        return list(states.view(len(thetas), *y0.shape).unbind(0))
+    torch.addmm(flat0.unsqueeze(0), weights, columns.t(), alpha=h, out=out.view(len(thetas), -1))
+    return None
+
+
+def _dense_rows(
+    tableau: ButcherTableau,
+    coefficients: _CoefficientTensors,
+    y0: torch.Tensor,
+    y1: torch.Tensor,
+    stages: Sequence[torch.Tensor],
+    f1: torch.Tensor | None,
+    h: torch.Tensor,
+    theta: torch.Tensor,
+    columns: torch.Tensor | None,
+) -> torch.Tensor:
+    """Row ``b`` of the state at ``t_b + θ_b h_b``."""
+    if coefficients.dense is None:
+        if f1 is None:
+            raise ValueError("Hermite dense output needs f(t1, y1)")
+        return hermite_interpolate(y0, y1, stages[0], f1, h, theta)
+    dense = coefficients.dense
+    degree = dense.shape[0]
+    exponents = torch.arange(1, degree + 1, dtype=dense.dtype, device=dense.device)
+    weights = theta.to(dense.dtype)[:, None] ** exponents @ dense  # (B, s)
+    if columns is None:
+        columns = stage_columns(stages, y0.dtype)
+    batch = y0.shape[0]
+    by_stage = columns.t().reshape(len(tableau.c), batch, -1)
+    combined = torch.einsum("sbn,bs->bn", by_stage, weights).view_as(y0)
+    return torch.addcmul(y0, combined, row_scale(h, y0))
+
+
+__all__ = [
+    "RungeKuttaStep",
+    "RungeKuttaStepper",
+    "StageFunction",
+    "can_fuse",
+    "dense_states",
+    "dense_weights",
+    "linear_combination",
+    "runge_kutta_step",
+    "stage_columns",
+]

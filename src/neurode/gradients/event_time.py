@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .state import TupleLayout
+from ..integrate.tuple_state import TupleLayout
 
 
 class _EventTimeGradient(torch.autograd.Function):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ShapeMismatchError, StructureMismatchError
+from ..errors import ShapeMismatchError, StructureMismatchError
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,10 @@ class TupleLayout:
 
     def flatten(self, tensors) -> torch.Tensor:
         return torch.cat([x.reshape(-1) for x in tensors])
+
+    def flatten_like(self, tensors, dtype: torch.dtype) -> torch.Tensor:
+        """The members of ``func``'s output as one flat vector of ``dtype``."""
+        return torch.cat([x.reshape(-1).to(dtype) for x in tensors])
 
     def unflatten(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Views of ``flat`` (leading dimensions are kept: ``flat`` may be ``(T, n)``)."""

@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import GradientUnavailableError, SolverError, UnknownOptionError
-from .integrate import Segment, Trajectory, VectorField
-from .methods import register_custom_method
+from ..errors import GradientUnavailableError, InvalidOptionError, SolverError, UnknownOptionError
+from .dense_output import Segment
+from .loop import Trajectory
+from .methods import BuildContext, register_method
 from .problem import MethodSpec, ODEProblem
+from .stepper import VectorField
 
 SCIPY_SOLVERS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 
@@ -152,21 +154,15 @@ def _segments(ode_solution, y0: torch.Tensor, ys, t_eval) -> list[Segment]:
     for interpolant, t0, t1 in zip(ode_solution.interpolants, knots[:-1], knots[1:]):
         end = torch.as_tensor(np.asarray(interpolant(t1)).reshape(y0.shape))
         end = end.to(dtype=y0.dtype, device=y0.device)
-        segments.append(_ScipySegment(t0, t1, start, end, [], None, None, interpolant))
+        segments.append(_ScipySegment(t0, t1, start, end, [], None, None, interpolant=interpolant))
         start = end
     return segments
 
 
-def build_scipy_method(
-    name: str,
-    options: dict[str, Any],
-    t_solver: Sequence[float],
-    *,
-    rtol: float | torch.Tensor = 1e-7,
-    atol: float | torch.Tensor = 1e-9,
-) -> MethodSpec:
+def build_scipy_method(name: str, options: dict[str, Any], context: BuildContext) -> MethodSpec:
     """The :class:`MethodSpec` of ``scipy_solver``; checks options and that scipy imports."""
     _import_solve_ivp()
+    rtol, atol = context.rtol, context.atol
     solver = options.get("solver", "LSODA")
     if isinstance(solver, str):
         if solver not in SCIPY_SOLVERS:
@@ -174,18 +170,18 @@ def build_scipy_method(
                 f"unknown scipy solver {solver!r}; choose one of: {', '.join(SCIPY_SOLVERS)}"
             )
     elif not isinstance(solver, type):
-        raise UnknownOptionError("solver must be a name or a scipy.integrate.OdeSolver subclass")
+        raise InvalidOptionError("solver must be a name or a scipy.integrate.OdeSolver subclass")
     min_step = float(options.get("min_step", 0.0))
     max_step = float(options.get("max_step", math.inf))
     if not (0 <= min_step <= max_step and max_step > 0):
-        raise UnknownOptionError(
+        raise InvalidOptionError(
             f"need 0 <= min_step <= max_step and max_step > 0, got {min_step}, {max_step}"
         )
     first_step = options.get("first_step")
     if first_step is not None:
         first_step = float(first_step)
         if not (first_step > 0 and math.isfinite(first_step)):
-            raise UnknownOptionError(f"first_step must be positive and finite, got {first_step}")
+            raise InvalidOptionError(f"first_step must be positive and finite, got {first_step}")
 
     def custom(
         problem: ODEProblem,
@@ -208,10 +204,12 @@ def build_scipy_method(
             record_segments=record_segments,
         )
 
-    return MethodSpec(name=name, kind="custom", custom=custom)
+    return MethodSpec(
+        name=name, kind="custom", custom=custom, differentiable=False, replayable=False
+    )
 
 
-register_custom_method("scipy_solver", SCIPY_OPTIONS, build_scipy_method)
+register_method("scipy_solver", SCIPY_OPTIONS, build_scipy_method)
 
 __all__ = [
     "SCIPY_OPTIONS",

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from .integrate import Segment
-from .state import TupleLayout
+from .dense_output import Segment
+from .tuple_state import TupleLayout
 
 
 @dataclass

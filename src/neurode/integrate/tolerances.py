@@ -1,6 +1,6 @@
 """Argument checks shared by the solve entry points and the gradient methods.
 
-A low layer: imports only :mod:`neurode.errors`, :mod:`neurode.state` and torch.
+A low layer: imports only :mod:`neurode.errors`, the tuple layout and torch.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from .errors import InvalidToleranceError
-from .state import TupleLayout
+from ..errors import InvalidToleranceError
+from .tuple_state import TupleLayout
 
-__all__ = ["check_tolerance"]
+__all__ = ["check_tolerance", "check_tolerance_pair"]
 
 
 def check_tolerance(
@@ -56,10 +56,42 @@ def check_tolerance(
     if tensor.numel() == 1:
         return float(tensor)
     try:
-        torch.broadcast_shapes(tensor.shape, like.shape)
+        broadcast = torch.broadcast_shapes(tensor.shape, like.shape)
     except RuntimeError:
+        broadcast = None
+    if broadcast != like.shape:
+        # A tolerance that would widen the state (shape (1, 2) for a (2,) state) is as
+        # wrong as one that does not broadcast at all.
         raise InvalidToleranceError(
             f"{name} of shape {tuple(tensor.shape)} does not broadcast to {target} "
-            f"{tuple(like.shape)}"
-        ) from None
+            f"{tuple(like.shape)} without changing its shape"
+        )
     return tensor
+
+
+def check_tolerance_pair(
+    rtol: Any,
+    atol: Any,
+    like: torch.Tensor,
+    *,
+    layout: TupleLayout | None = None,
+    target: str = "the state",
+    prefix: str = "",
+) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+    """Both tolerances checked as :func:`check_tolerance`, and never both zero anywhere.
+
+    With ``rtol = atol = 0`` the error test divides by zero wherever the state is
+    zero: no step would ever be accepted, so it is refused before the solve.
+    """
+    rtol = check_tolerance(f"{prefix}rtol", rtol, like, layout=layout, target=target)
+    atol = check_tolerance(f"{prefix}atol", atol, like, layout=layout, target=target)
+    if isinstance(rtol, float) and isinstance(atol, float):
+        both_zero = rtol == 0.0 and atol == 0.0
+    else:
+        both_zero = bool(((torch.as_tensor(rtol) == 0) & (torch.as_tensor(atol) == 0)).any())
+    if both_zero:
+        raise InvalidToleranceError(
+            f"{prefix}rtol and {prefix}atol are both zero (for some component): the error test "
+            "would divide by zero; give a positive atol (e.g. 1e-9) or rtol"
+        )
+    return rtol, atol

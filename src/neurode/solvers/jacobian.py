@@ -1,0 +1,110 @@
+"""Jacobians ``J = ∂f/∂y`` of the vector field, dense or as products ``J v``.
+
+Two layouts, matching the two ways a batch is solved:
+
+- *joint*: the whole state is one system; ``J`` is the ``(N, N)`` Jacobian of
+  the flattened state (``N = y.numel()``), and ``t`` is a Python float.
+- *per row*: row ``b`` of a state of shape ``(B, ...)`` is its own system with
+  its own time ``t[b]`` (``t`` of shape ``(B,)``); ``J`` has shape ``(B, d, d)``
+  with ``d`` the size of one row. Rows must not interact through ``func`` (the
+  per-sample contract), so row ``b``'s Jacobian is the ``b``-th diagonal block
+  of the joint one; it is computed with ``d`` products against basis vectors
+  set in every row at once (one vmapped call), never as the ``(Bd, Bd)`` whole.
+
+Derivatives come from ``torch.func``: ``"reverse"`` (vector–Jacobian products,
+works with every op that has a backward formula) or ``"forward"``
+(Jacobian–vector products: one vmapped forward-mode call). Either way ``func``
+must be usable under ``torch.func.vmap``. The result is detached: it serves the
+linear algebra of the stage solves, not the autograd graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..errors import ShapeMismatchError
+
+VectorField = Callable[..., torch.Tensor]
+"""``func(t, y) -> dy/dt`` with ``t`` a float (joint) or a ``(B,)`` tensor (per row)."""
+
+JACOBIAN_METHODS = ("reverse", "forward")
+
+
+def _as_state(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return output if output.dtype == y.dtype else output.to(y.dtype)
+
+
+def dense_jacobian(
+    func: VectorField,
+    t: float | torch.Tensor,
+    y: torch.Tensor,
+    *,
+    per_row: bool,
+    method: str = "reverse",
+) -> torch.Tensor:
+    """``∂f/∂y`` at ``(t, y)``: ``(N, N)`` joint, ``(B, d, d)`` per row (see the module notes)."""
+    if method not in JACOBIAN_METHODS:
+        raise ValueError(f"unknown Jacobian method {method!r}; expected one of {JACOBIAN_METHODS}")
+    y = y.detach()
+    if not per_row:
+
+        def flat_field(flat: torch.Tensor) -> torch.Tensor:
+            return _as_state(func(t, flat.view_as(y)), y).reshape(-1)
+
+        transform = torch.func.jacrev if method == "reverse" else torch.func.jacfwd
+        return transform(flat_field)(y.reshape(-1)).detach()
+
+    rows, d = y.shape[0], y[0].numel()
+    # Basis vector k set in every row: shape (d, B, *row_shape).
+    basis = torch.eye(d, dtype=y.dtype, device=y.device)
+    basis = basis[:, None, :].expand(d, rows, d).reshape(d, *y.shape)
+
+    def field(state: torch.Tensor) -> torch.Tensor:
+        return _as_state(func(t, state), y)
+
+    if method == "reverse":
+        _, pullback = torch.func.vjp(field, y)
+        (products,) = torch.func.vmap(pullback)(basis)  # [k, b] = e_kᵀ J_b: row k
+        return products.reshape(d, rows, d).permute(1, 0, 2).contiguous().detach()
+
+    def push(tangent: torch.Tensor) -> torch.Tensor:
+        return torch.func.jvp(field, (y,), (tangent,))[1]
+
+    products = torch.func.vmap(push)(basis)  # [k, b] = J_b e_k: column k
+    return products.reshape(d, rows, d).permute(1, 2, 0).contiguous().detach()
+
+
+def user_jacobian(
+    jacobian: Callable[..., torch.Tensor],
+    t: float | torch.Tensor,
+    y: torch.Tensor,
+    *,
+    per_row: bool,
+) -> torch.Tensor:
+    """A user-supplied ``jacobian(t, y)``, checked for its layout and cast to the state's dtype."""
+    matrix = jacobian(t, y)
+    if per_row:
+        d = y[0].numel()
+        expected = (y.shape[0], d, d)
+    else:
+        expected = (y.numel(), y.numel())
+    if not isinstance(matrix, torch.Tensor) or tuple(matrix.shape) != expected:
+        shape = tuple(matrix.shape) if isinstance(matrix, torch.Tensor) else type(matrix)
+        raise ShapeMismatchError(
+            f"jacobian(t, y) must return a tensor of shape {expected} for a state of shape "
+            f"{tuple(y.shape)} ({'per row' if per_row else 'the flattened state'}); got {shape}"
+        )
+    return _as_state(matrix, y).detach()
+
+
+def jacobian_vector_product(
+    func: VectorField, t: float | torch.Tensor, y: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """``J(t, y) v`` by forward-mode differentiation, shaped like ``y`` (no Jacobian is formed).
+
+    Per row this is ``J_b v_b`` for every row at once, since rows do not interact.
+    """
+    field = lambda state: _as_state(func(t, state), y)
+    return torch.func.jvp(field, (y.detach(),), (v.to(y.dtype),))[1].detach()

@@ -1,0 +1,143 @@
+r"""Simplified Newton iteration for the stage equations of implicit methods.
+
+The stage equations ``G(Z) = 0`` of an implicit step are solved by
+
+.. math::
+
+    M\,ΔZ^k = −G(Z^k) \;(\text{the caller's } \texttt{residual} \text{ returns } −G),
+    \qquad Z^{k+1} = Z^k + ΔZ^k,
+
+with a *fixed* iteration matrix ``M`` (``I − hγJ`` with an old Jacobian,
+factored once): each iteration is one evaluation of ``f`` per stage and one
+back substitution, and convergence is linear with a rate
+``θ_k = ‖ΔZ^k‖ / ‖ΔZ^{k−1}‖`` that is small when ``J`` and ``h`` are.
+
+Stopping follows Hairer & Wanner, *Solving ODEs II*, §IV.8: the error left
+after iteration ``k`` is about ``η_k ‖ΔZ^k‖`` with ``η_k = θ_k / (1 − θ_k)``,
+and the iteration stops when ``η_k ‖ΔZ^k‖ ≤ κ`` in the norm of the local error
+test (so ``κ`` is a fraction of the tolerance; :func:`newton_tolerance`). The
+first iteration has no rate yet and uses ``η_0 = max(η_old, ε)^0.8`` from the
+previous solve. It gives up, reporting not converged, when
+
+- ``θ_k ≥ 1`` (diverging),
+- ``θ_k^{k_max − k} / (1 − θ_k) ‖ΔZ^k‖ > κ``: even at this rate the remaining
+  iterations would not reach the tolerance (HW (8.13)),
+- an increment is not finite (``f`` returned NaN or infinity, or the matrix was
+  singular), or ``k_max`` iterations pass.
+
+A failed solve is not an exception: the step is rejected and retried with a
+smaller step (:mod:`neurode.solvers.jacobian_cache` says what to do with ``J``).
+
+Per row: when the norm returns one value per row (shape ``(B,)``), every row has
+its own rate, stopping test and flags, and a row that has stopped is frozen
+(its iterate no longer changes), so it ends exactly where it would alone. The
+unknowns then carry the rows in their first dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_MAX_ITERATIONS = 10
+
+
+@dataclass
+class NewtonResult:
+    """Outcome of one stage solve; flags and counters have the norm's shape, ``()`` or ``(B,)``."""
+
+    z: torch.Tensor
+    converged: torch.Tensor
+    iterations: torch.Tensor
+    """Iterations each row performed (each one evaluation of ``residual``)."""
+    rate: torch.Tensor
+    """The largest contraction ``θ_k`` seen; 0 when the first iteration already converged."""
+    eta: torch.Tensor
+    """``η`` of the last iteration, to seed the next solve's first stopping test."""
+    evaluations: int
+    """Calls of ``residual`` (each covers every row)."""
+
+
+def newton_tolerance(rtol: float, dtype: torch.dtype) -> float:
+    """``κ`` for the stopping test: ``max(0.01, 10 ε / rtol)``.
+
+    Hairer & Wanner find ``κ`` between 0.01 and 0.1 good (HW II §IV.8): the error
+    left by the iteration is then small next to the local error, and tighter
+    values only buy iterations. The floor keeps ``κ · rtol`` above what rounding
+    in ``dtype`` can resolve.
+    """
+    eps = torch.finfo(dtype).eps
+    return max(0.01, 10.0 * eps / rtol)
+
+
+def scaled_rms_norm(x: torch.Tensor, scale: torch.Tensor, *, per_row: bool) -> torch.Tensor:
+    """``sqrt(mean((x / scale)²))``: over everything, or per row (dimension 0) when ``per_row``."""
+    ratio = x / scale
+    if not per_row:
+        return ratio.square().mean().sqrt()
+    return ratio.reshape(ratio.shape[0], -1).square().mean(dim=1).sqrt()
+
+
+def simplified_newton(
+    residual: Callable[[torch.Tensor], torch.Tensor],
+    solve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    z0: torch.Tensor,
+    norm: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    kappa: float,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    eta: torch.Tensor | float | None = None,
+) -> NewtonResult:
+    """Solve ``G(Z) = 0`` from ``z0`` (see the module notes).
+
+    ``residual(z)`` returns ``−G(z)``; ``solve(r, z)`` returns ``M⁻¹ r`` (``z``, the
+    current iterate, lets a caller use the exact Jacobian there: full Newton);
+    ``norm(dz)`` returns the scaled norm, ``()`` or ``(B,)``; ``eta`` is the
+    previous solve's :attr:`NewtonResult.eta` (None at the first solve: ``η_0 = 1``).
+    """
+    if max_iterations < 1:
+        raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
+    z = z0
+    evaluations = 0
+    previous_norm = torch.ones(())
+    for k in range(max_iterations):
+        dz = solve(residual(z), z)
+        evaluations += 1
+        size = norm(dz)
+        if k == 0:
+            active = torch.ones(size.shape, dtype=torch.bool, device=size.device)
+            converged = torch.zeros_like(active)
+            iterations = torch.zeros(size.shape, dtype=torch.long, device=size.device)
+            rate = torch.zeros_like(size)
+            seed = torch.ones_like(size) if eta is None else torch.as_tensor(eta).to(size)
+            eps = torch.finfo(size.dtype).eps
+            eta_k = seed.clamp_min(eps).pow(0.8).expand(size.shape)
+            eta_out = eta_k
+            contraction = torch.zeros_like(size)
+            hopeless = torch.zeros_like(active)
+        else:
+            contraction = size / previous_norm
+            eta_k = contraction / (1.0 - contraction)
+            hopeless = (contraction >= 1.0) | (
+                contraction.pow(max_iterations - k) / (1.0 - contraction) * size > kappa
+            )
+        failed = active & (~torch.isfinite(size) | hopeless)
+        moving = active & ~failed
+        z = torch.where(_expand(moving, z), z + dz, z)
+        iterations = iterations + moving.long()
+        rate = torch.where(moving, torch.maximum(rate, contraction), rate)
+        eta_out = torch.where(moving, eta_k, eta_out)
+        done = moving & ((eta_k * size <= kappa) | (size == 0))
+        converged = converged | done
+        active = moving & ~done
+        previous_norm = size
+        if not bool(active.any()):
+            break
+    return NewtonResult(z, converged, iterations, rate, eta_out, evaluations)
+
+
+def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A row mask of shape ``()`` or ``(B,)`` broadcastable against ``like`` (rows first)."""
+    return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))

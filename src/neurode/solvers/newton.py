@@ -36,6 +36,7 @@ unknowns then carry the rows in their first dimension.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -99,26 +100,77 @@ def simplified_newton(
     """
     if max_iterations < 1:
         raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
-    z = z0
-    evaluations = 0
-    previous_norm = torch.ones(())
+    dz = solve(residual(z0), z0)
+    size = norm(dz)
+    iterate = _iterate_joint if size.ndim == 0 else _iterate_rows
+    return iterate(residual, solve, norm, z0, dz, size, kappa, max_iterations, eta)
+
+
+def _first_eta(eta: torch.Tensor | float | None, like: torch.Tensor) -> torch.Tensor:
+    """``η_0 = max(η_old, ε)^0.8`` (``η_old = 1`` at the first solve), shaped like ``like``."""
+    seed = torch.ones_like(like) if eta is None else torch.as_tensor(eta).to(like)
+    return seed.clamp_min(torch.finfo(like.dtype).eps).pow(0.8).expand(like.shape)
+
+
+def _iterate_joint(residual, solve, norm, z, dz, size, kappa, max_iterations, eta):
+    """One system: the same iteration with the bookkeeping in Python floats.
+
+    Reading the norm costs the one device sync per iteration that deciding
+    whether to go on needs anyway; everything else stays off the tensor path.
+    """
+    size = float(size)
+    eta_k = float(_first_eta(eta, torch.ones((), dtype=dz.dtype)))
+    eta_out, rate, iterations, converged = eta_k, 0.0, 0, False
+    evaluations, previous = 1, 1.0
     for k in range(max_iterations):
-        dz = solve(residual(z), z)
-        evaluations += 1
-        size = norm(dz)
-        if k == 0:
-            active = torch.ones(size.shape, dtype=torch.bool, device=size.device)
-            converged = torch.zeros_like(active)
-            iterations = torch.zeros(size.shape, dtype=torch.long, device=size.device)
-            rate = torch.zeros_like(size)
-            seed = torch.ones_like(size) if eta is None else torch.as_tensor(eta).to(size)
-            eps = torch.finfo(size.dtype).eps
-            eta_k = seed.clamp_min(eps).pow(0.8).expand(size.shape)
-            eta_out = eta_k
-            contraction = torch.zeros_like(size)
-            hopeless = torch.zeros_like(active)
-        else:
-            contraction = size / previous_norm
+        if k > 0:
+            dz = solve(residual(z), z)
+            evaluations += 1
+            size = float(norm(dz))
+        if not math.isfinite(size):
+            break
+        if k > 0:
+            contraction = size / previous
+            if contraction >= 1.0:
+                break
+            if contraction ** (max_iterations - k) / (1.0 - contraction) * size > kappa:
+                break
+            eta_k = contraction / (1.0 - contraction)
+            rate = max(rate, contraction)
+        z = z + dz
+        iterations += 1
+        eta_out = eta_k
+        if eta_k * size <= kappa or size == 0.0:
+            converged = True
+            break
+        previous = size
+    device = z.device
+    return NewtonResult(
+        z,
+        torch.tensor(converged, device=device),
+        torch.tensor(iterations, device=device),
+        torch.tensor(rate, dtype=dz.dtype, device=device),
+        torch.tensor(eta_out, dtype=dz.dtype, device=device),
+        evaluations,
+    )
+
+
+def _iterate_rows(residual, solve, norm, z, dz, size, kappa, max_iterations, eta):
+    """Rows with their own rates, tests and flags; a row that has stopped is frozen."""
+    active = torch.ones(size.shape, dtype=torch.bool, device=size.device)
+    converged = torch.zeros_like(active)
+    iterations = torch.zeros(size.shape, dtype=torch.long, device=size.device)
+    rate = torch.zeros_like(size)
+    eta_k = eta_out = _first_eta(eta, size)
+    contraction = torch.zeros_like(size)
+    hopeless = torch.zeros_like(active)
+    evaluations, previous = 1, size
+    for k in range(max_iterations):
+        if k > 0:
+            dz = solve(residual(z), z)
+            evaluations += 1
+            size = norm(dz)
+            contraction = size / previous
             eta_k = contraction / (1.0 - contraction)
             hopeless = (contraction >= 1.0) | (
                 contraction.pow(max_iterations - k) / (1.0 - contraction) * size > kappa
@@ -132,7 +184,7 @@ def simplified_newton(
         done = moving & ((eta_k * size <= kappa) | (size == 0))
         converged = converged | done
         active = moving & ~done
-        previous_norm = size
+        previous = size
         if not bool(active.any()):
             break
     return NewtonResult(z, converged, iterations, rate, eta_out, evaluations)

@@ -370,6 +370,20 @@ def test_per_row_step_equals_each_row_solved_alone(name):
         )
 
 
+@pytest.mark.parametrize("name", ["kvaerno5", "radauIIA5", "rodas5p"])
+def test_a_row_with_a_zero_step_stays_put(name):
+    # A per-sample loop may hold finished rows at h = 0; they must neither move nor fail.
+    problem = robertson(_RATES)
+    y = _robertson_state()
+    h = torch.tensor([1e-3, 0.0, 2e-3], dtype=F64)
+    step = _row_step(name, problem, y, torch.zeros(3, dtype=F64), h)
+    assert bool(step.converged.all())
+    assert torch.equal(step.y1[1], y[1])
+    if step.error_estimate is not None:
+        assert float(step.error_estimate[1].abs().max()) == 0.0
+    assert bool(torch.isfinite(step.interpolate(torch.full((3,), 0.5, dtype=F64))).all())
+
+
 def test_nan_in_one_row_fails_that_row_only():
     problem = robertson(_RATES)
     y = _robertson_state()

@@ -229,9 +229,13 @@ def test_user_jacobian_shape_is_checked():
     assert cast.dtype == F64
 
 
-def test_unknown_jacobian_method_is_rejected():
+def test_unknown_jacobian_method_is_rejected_before_any_work():
     with pytest.raises(ValueError, match="reverse"):
         dense_jacobian(_cubic, 0.0, torch.ones(2, dtype=F64), per_row=False, method="central")
+    with pytest.raises(ValueError, match="reverse"):
+        JacobianCache(_cubic, method="central")
+    with pytest.raises(ValueError, match="recompute_rate"):
+        JacobianCache(_cubic, recompute_rate=float("nan"))
 
 
 # --- linear solves -----------------------------------------------------------------------

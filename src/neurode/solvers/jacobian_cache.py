@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 import torch
 
-from .jacobian import VectorField, dense_jacobian, user_jacobian
+from .jacobian import JACOBIAN_METHODS, VectorField, dense_jacobian, user_jacobian
 from .linear_solve import (
     BlockIterationMatrix,
     DenseIterationMatrix,
@@ -71,6 +71,12 @@ class JacobianCache:
     ):
         if jacobian is not None and krylov is not None:
             raise ValueError("a user Jacobian and matrix-free (Krylov) solves exclude each other")
+        if method not in JACOBIAN_METHODS:
+            raise ValueError(
+                f"unknown Jacobian method {method!r}; expected one of {JACOBIAN_METHODS}"
+            )
+        if not recompute_rate >= 0.0:
+            raise ValueError(f"recompute_rate must be non-negative, got {recompute_rate}")
         self.func = func
         self.per_row = per_row
         self.user_jacobian = jacobian

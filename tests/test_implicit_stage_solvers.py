@@ -622,3 +622,33 @@ def test_krylov_cache_moves_its_linearisation_point_every_step():
     assert cache.computed_at == 0.01
     assert cache.jacobian_evaluations == 0 and cache.factorizations == 0
     assert cache.jvp_evaluations > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["kvaerno5", "radauIIA5", "rodas5p"])
+def test_per_row_step_on_cuda_matches_cpu(name):
+    problem = robertson(_RATES)
+    y = _robertson_state()
+    t = torch.zeros(3, dtype=F64)
+    h = torch.tensor([1e-3, 3e-3, 2e-3], dtype=F64)
+    cpu = _row_step(name, problem, y, t, h)
+    device = torch.device("cuda")
+    rates = _RATES.to(device)
+    k1, k2, k3 = rates.unbind(-1)
+
+    def field(time, state):
+        y1, y2, y3 = state.unbind(-1)
+        return torch.stack(
+            [-k1 * y1 + k3 * y2 * y3, k1 * y1 - k2 * y2 * y2 - k3 * y2 * y3, k2 * y2 * y2], dim=-1
+        )
+
+    tableau = {**IMPLICIT_TABLEAUS, **ROSENBROCK_TABLEAUS}[name]
+    cache = JacobianCache(field, per_row=True, reuse=False)
+    y_gpu, t_gpu, h_gpu = y.to(device), t.to(device), h.to(device)
+    gpu = take_step(
+        tableau, cache, field, t_gpu, y_gpu, field(t_gpu, y_gpu), h_gpu, rtol=1e-8, atol=1e-12
+    )
+    assert bool(gpu.converged.all())
+    torch.testing.assert_close(gpu.y1.cpu(), cpu.y1, rtol=1e-12, atol=1e-18)
+    theta = torch.full((3,), 0.5, dtype=F64, device=device)
+    torch.testing.assert_close(gpu.interpolate(theta).cpu(), cpu.interpolate(theta.cpu()))

@@ -17,7 +17,7 @@ def row_values(values: float | torch.Tensor, like: torch.Tensor) -> float | torc
     """A float as is; a ``(B,)`` tensor as ``(B, 1, …, 1)`` in ``like``'s dtype, to scale rows."""
     if not isinstance(values, torch.Tensor):
         return values
-    return values.to(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
+    return values.to(device=like.device, dtype=like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 def as_state(output: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

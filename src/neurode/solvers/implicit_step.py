@@ -63,7 +63,8 @@ class ImplicitStep:
     def interpolate(self, theta: float | torch.Tensor) -> torch.Tensor:
         """The solution at ``t + θh``, ``θ ∈ [0, 1]`` (per row: a ``(B,)`` tensor)."""
         if isinstance(theta, torch.Tensor):
-            theta = theta.to(self.y0.dtype).reshape((-1,) + (1,) * (self.y0.ndim - 1))
+            theta = theta.to(device=self.y0.device, dtype=self.y0.dtype)
+            theta = theta.reshape((-1,) + (1,) * (self.y0.ndim - 1))
         elif theta == 0.0:
             return self.y0
         result = self.y0

@@ -9,6 +9,7 @@ follows the reuse policy.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -67,11 +68,14 @@ def _exact_solve(r, y, h):
     return torch.linalg.solve(torch.eye(2, dtype=F64) - h * jacobian, r)
 
 
-_J0 = dense_jacobian(_cubic, 0.0, torch.tensor([1.0, 0.5], dtype=F64), per_row=False)
+@functools.cache
+def _start_jacobian() -> torch.Tensor:
+    """``J`` at the start point ``(1, 0.5)``, frozen for the simplified iterations."""
+    return dense_jacobian(_cubic, 0.0, torch.tensor([1.0, 0.5], dtype=F64), per_row=False)
 
 
 def _frozen_solve(r, y, h):
-    return torch.linalg.solve(torch.eye(2, dtype=F64) - h * _J0, r)
+    return torch.linalg.solve(torch.eye(2, dtype=F64) - h * _start_jacobian(), r)
 
 
 # --- Newton ------------------------------------------------------------------------------
@@ -111,7 +115,7 @@ def test_newton_stops_once_the_predicted_error_is_below_kappa():
 def test_newton_gives_up_early_when_the_rate_cannot_reach_the_tolerance():
     # h = 20 with the Jacobian of the start point: θ ≈ 0.9, far too slow for 10 iterations.
     result, sizes = _implicit_euler_stage(
-        lambda r, y, h: torch.linalg.solve(torch.eye(2, dtype=F64) - h * _J0, r),
+        lambda r, y, h: torch.linalg.solve(torch.eye(2, dtype=F64) - h * _start_jacobian(), r),
         kappa=1e-2,
         max_iterations=10,
         h=20.0,
@@ -123,7 +127,8 @@ def test_newton_gives_up_early_when_the_rate_cannot_reach_the_tolerance():
 def test_newton_detects_divergence():
     # An iteration matrix of the wrong sign: increments grow, θ ≥ 1 at once.
     result, sizes = _implicit_euler_stage(
-        lambda r, y, h: torch.linalg.solve(torch.eye(2, dtype=F64) + h * _J0, r), h=2.0
+        lambda r, y, h: torch.linalg.solve(torch.eye(2, dtype=F64) + h * _start_jacobian(), r),
+        h=2.0,
     )
     assert not bool(result.converged)
     assert len(sizes) == 2 and sizes[1] >= sizes[0]

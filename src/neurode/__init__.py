@@ -5,16 +5,16 @@ of computing their gradients, and the models built on them.
 """
 
 from . import errors
+from ._version import __version__
 from .api import method_names, odeint, odeint_adjoint, odeint_event, solve
 from .check_gradients import GradientDriftWarning, GradientReport, check_gradients
 from .errors import SolverError
 from .gradients.reversible import ReversibleInstabilityWarning
-from .sensitivities import sensitivities
 from .integrate.solution import Solution
-
-__version__ = "0.1.0"
+from .sensitivities import sensitivities
 
 __all__ = [
+    "__version__",
     "GradientDriftWarning",
     "GradientReport",
     "ReversibleInstabilityWarning",

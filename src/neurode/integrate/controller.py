@@ -198,12 +198,8 @@ class PIDController:
         """How ``f`` is evaluated at the start: from the right when the span has jumps."""
         return 1 if self._jumps else 0
 
-    def plan(
-        self, t: float, step_size: float, y: torch.Tensor, saver
-    ) -> tuple[float, float, bool] | None:
-        """``(t1, h, ends_on_jump)`` of the next step from ``t``; None when the solve is done."""
-        if saver.next_time > self._t_end:
-            return None
+    def plan(self, t: float, step_size: float, y: torch.Tensor, active=None) -> tuple:
+        """``(t1, h, ends_on_jump)`` of the next step from ``t``."""
         if self._accepted + self._rejected >= self.max_num_steps:
             raise _max_steps_error(self.max_num_steps, self.user_time(t), step_size)
         low, high = self._clip
@@ -315,9 +311,8 @@ class RowPIDController:
     def clip(self, step_size: torch.Tensor) -> torch.Tensor:
         return step_size.clamp(min=self.coefficients.min_step, max=self.coefficients.max_step)
 
-    def plan(self, t: torch.Tensor, step_size: torch.Tensor, y: torch.Tensor, saver):
-        """``(t1, h, False)`` with ``h = 0`` on finished rows, or None when every row is done."""
-        active = saver.active
+    def plan(self, t: torch.Tensor, step_size: torch.Tensor, y: torch.Tensor, active):
+        """``(t1, h, False)`` with ``h = 0`` on rows not ``active``; None when no row is."""
         step_size = self.clip(step_size)
         t1 = torch.minimum(t + step_size, self._t_end)
         h = t1 - t
@@ -461,19 +456,18 @@ class GridController:
     def stats(self) -> dict[str, int]:
         return {"steps": self._index, "accepted": self._index, "rejected": 0}
 
-    def _point(self, index: int) -> float:
+    def plan(self, t: float, step_size: float, y: torch.Tensor, active=None) -> tuple:
+        index = self._index + 1
         if self.grid is not None:
-            return self.grid[index] if index < len(self.grid) else math.inf
-        if math.isfinite(self._t_end) and index >= self._last:
-            return self._t_end if index == self._last else math.inf
-        return self._t0 + index * self.step_size
-
-    def plan(self, t: float, step_size: float, y: torch.Tensor, saver):
-        if saver.next_time > self._t_end:
-            return None
-        if not math.isfinite(self._t_end) and self._index >= self.max_num_steps:
-            raise _max_steps_error(self.max_num_steps, self.user_time(t), self.step_size)
-        t1 = self._point(self._index + 1)
+            t1 = self.grid[index] if index < len(self.grid) else math.inf
+        elif not self._last:  # no end: an event ends the solve
+            if index > self.max_num_steps:
+                raise _max_steps_error(self.max_num_steps, self.user_time(t), self.step_size)
+            t1 = self._t0 + index * self.step_size
+        elif index < self._last:
+            t1 = self._t0 + index * self.step_size
+        else:
+            t1 = self._t_end if index == self._last else math.inf
         if t1 == math.inf:
             raise SolverError(
                 f"the grid ends at t={self.user_time(t):.6g} before the solve does; it must "

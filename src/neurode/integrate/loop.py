@@ -106,12 +106,18 @@ def integrate(
     reject_callback = callbacks.reject_step
     perturb_ends = controller.perturb_ends
     checks_saves = not controller.adaptive
+    next_save = math.inf if per_row else saver.next_time
     y = y0
     try:
         while True:
-            plan = controller.plan(t, step_size, y, saver)
-            if plan is None:
+            if per_row:
+                plan = controller.plan(t, step_size, y, saver.active)
+                if plan is None:
+                    break
+            elif next_save > t_end:
                 break
+            else:
+                plan = controller.plan(t, step_size, y, None)
             t1, h, end_on_jump = plan
             if step_callback is not None:
                 step_callback(t, y, h)
@@ -125,10 +131,14 @@ def integrate(
             if accept_callback is not None:
                 accept_callback(t, y, h)
             rows = accept if per_row else None
-            stepper.accept(field, attempt, rows)
-            if saver.save(field, attempt, t, t1, h, rows) and checks_saves:
-                # Fixed steps have no error test to notice a blow-up: one check per save.
-                check_finite(saver.latest(), "the state", user_time(t1))
+            if per_row:
+                saver.save(field, attempt, t, t1, h, rows)
+            elif next_save <= t1:
+                saver.save(field, attempt, t, t1, h)
+                next_save = saver.next_time
+                if checks_saves:
+                    # Fixed steps have no error test to notice a blow-up: one check per save.
+                    check_finite(saver.latest(), "the state", user_time(t1))
             if keep_segments:
                 segment = attempt.segment(field)
                 if segments is not None:
@@ -144,6 +154,8 @@ def integrate(
                             event_time=event[0],
                             event_state=event[1],
                         )
+            # After the dense output, which may have evaluated f(t1, y1) for the next step.
+            stepper.accept(field, attempt, rows)
             if per_row:
                 y = torch.where(row_scale(accept, y).bool(), attempt.y1, y)
                 t = torch.where(accept, t1, t)

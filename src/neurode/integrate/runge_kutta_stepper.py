@@ -23,20 +23,16 @@ from .stepper import VectorField
 class RungeKuttaAttempt:
     """One attempted step (see :class:`~neurode.integrate.stepper.StepAttempt`)."""
 
-    __slots__ = ("method", "t0", "t1", "h", "y0", "step", "end_on_jump", "_f1")
+    __slots__ = ("method", "t0", "t1", "h", "y0", "y1", "step", "end_on_jump", "_f1")
     converged = True
 
     def __init__(self, method, t0, t1, h, y0, step: RungeKuttaStep, end_on_jump: bool):
         self.method = method
         self.t0, self.t1, self.h = t0, t1, h
-        self.y0 = y0
+        self.y0, self.y1 = y0, step.y1
         self.step = step
         self.end_on_jump = end_on_jump
         self._f1 = None
-
-    @property
-    def y1(self) -> torch.Tensor:
-        return self.step.y1
 
     @property
     def error_terms(self):

@@ -72,17 +72,25 @@ def linear_combination(base: torch.Tensor | None, terms, coefficients) -> torch.
     return result
 
 
-@dataclass
 class RungeKuttaStep:
-    """Result of one attempted step from ``t`` to ``t + h``."""
+    """Result of one attempted step from ``t`` to ``t + h``.
 
-    y1: torch.Tensor
-    f1: torch.Tensor | None
-    """``f(t + h, y1)`` when the tableau is FSAL, else None."""
-    error_estimate: torch.Tensor | None
-    stages: list[torch.Tensor]
-    increment: torch.Tensor | None = None
-    """``h Σ b_i k_i`` itself, when asked for (``y1`` is then None)."""
+    ``f1`` is ``f(t + h, y1)`` when the tableau is FSAL, else None; ``increment``
+    is ``h Σ b_i k_i`` itself when asked for (``y1`` is then None).
+    """
+
+    __slots__ = ("y1", "f1", "error_estimate", "stages", "increment")
+
+    def __init__(
+        self,
+        y1: torch.Tensor | None,
+        f1: torch.Tensor | None,
+        error_estimate: torch.Tensor | None,
+        stages: list[torch.Tensor],
+        increment: torch.Tensor | None = None,
+    ):
+        self.y1, self.f1, self.error_estimate = y1, f1, error_estimate
+        self.stages, self.increment = stages, increment
 
 
 @dataclass(frozen=True)
@@ -244,6 +252,7 @@ class RungeKuttaStepper:
         self.tableau = tableau
         self.fused = fused
         self.shape = y0.shape
+        self._stage_count = tableau.stages
         self._coefficients = _coefficient_tensors(tableau, y0.dtype, y0.device)
         if not fused:
             return
@@ -252,6 +261,7 @@ class RungeKuttaStepper:
         self._rows = self._matrix.view(s, *y0.shape).unbind(0)
         # Stage i reads the stages before it as the first i columns of this view.
         self._by_column = self._matrix.t()
+        self._prefixes = [self._by_column[:, :i] for i in range(s + 1)]
         self._loaded_f0: torch.Tensor | None = None
         self._key = _idle_key(tableau, y0)
 
@@ -284,7 +294,7 @@ class RungeKuttaStepper:
         h_rows = row_scale(h, y0) if per_row else None
         t_end = t + h if t1 is None else t1
         end_perturb = -1 if perturb_end else 0
-        count = tableau.stages
+        count = stage_count = self._stage_count
         if increment and not all_stages:
             count = _stages_needed(tableau, with_error)
         flat0 = y0.reshape(-1)
@@ -293,33 +303,39 @@ class RungeKuttaStepper:
             self._loaded_f0 = f0
         stages = [f0]
         y_stage = y0
+        fused = self.fused
+        prefixes = self._prefixes if fused else None
+        a, c = coefficients.a, tableau.c
+        dtype = coefficients.b.dtype
         for i in range(1, count):
-            columns = self._columns(stages, i)
-            y_stage = _combine(flat0, y0, columns, coefficients.a[i], h, h_rows)
-            c_i = tableau.c[i]
-            t_stage, perturb = (t_end, end_perturb) if c_i == 1.0 else (t + c_i * h, 0)
-            k = func(t_stage, y_stage, perturb)
-            if self.fused:
+            columns = prefixes[i] if fused else stage_columns(stages, dtype)
+            if h_rows is None:
+                y_stage = torch.addmv(flat0, columns, a[i], alpha=h).view_as(y0)
+            else:
+                y_stage = _combine(flat0, y0, columns, a[i], h, h_rows)
+            c_i = c[i]
+            k = func(t_end, y_stage, end_perturb) if c_i == 1.0 else func(t + c_i * h, y_stage, 0)
+            if fused:
                 self._rows[i].copy_(k)
             stages.append(k)
-        columns = self._columns(stages, count)
+        columns = prefixes[count] if fused else stage_columns(stages, dtype)
+        b, b_error = coefficients.b, coefficients.b_error
+        if count < stage_count:
+            b = b[:count]
+            b_error = None if b_error is None else b_error[:count]
         error_estimate = None
-        if with_error and coefficients.b_error is not None:
-            error_estimate = _combine(None, y0, columns, coefficients.b_error[:count], h, h_rows)
+        if with_error and b_error is not None:
+            error_estimate = _combine(None, y0, columns, b_error, h, h_rows)
         if increment:
-            value = _combine(None, y0, columns, coefficients.b[:count], h, h_rows)
-            return RungeKuttaStep(None, None, error_estimate, stages, increment=value)
+            value = _combine(None, y0, columns, b, h, h_rows)
+            return RungeKuttaStep(None, None, error_estimate, stages, value)
         if tableau.fsal:
-            y1, f1 = y_stage, stages[-1]
+            return RungeKuttaStep(y_stage, stages[-1], error_estimate, stages)
+        if h_rows is None:
+            y1 = torch.addmv(flat0, columns, b, alpha=h).view_as(y0)
         else:
-            y1, f1 = _combine(flat0, y0, columns, coefficients.b, h, h_rows), None
-        return RungeKuttaStep(y1=y1, f1=f1, error_estimate=error_estimate, stages=stages)
-
-    def _columns(self, stages: list[torch.Tensor], count: int) -> torch.Tensor:
-        """The first ``count`` stages as the columns of an ``(N, count)`` matrix."""
-        if self.fused:
-            return self._by_column[:, :count]
-        return stage_columns(stages[:count], self._coefficients.b.dtype)
+            y1 = _combine(flat0, y0, columns, b, h, h_rows)
+        return RungeKuttaStep(y1, None, error_estimate, stages)
 
     # ----------------------------------------------------------------- dense output
     def dense_states(

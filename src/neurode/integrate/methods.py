@@ -173,6 +173,10 @@ class BuildContext:
             given=step_size is not None or grid_constructor is not None,
         )
 
+    def user_time(self, t: float) -> float:
+        """The user's time of solver time ``t``."""
+        return -t if self.reversed_time else t
+
     def solver_times(self, values) -> tuple[float, ...]:
         """User times as solver times (negated when integrating backwards)."""
         if values is None:

@@ -133,7 +133,9 @@ class AdamsMethod:
         rtol: float | torch.Tensor = 1e-7,
         atol: float | torch.Tensor = 1e-9,
         interpolation: str = "linear",
+        user_time=float,
     ):
+        self.user_time = user_time
         self.order = order
         self.corrector = corrector
         self.max_iters = max_iters
@@ -201,8 +203,8 @@ class AdamsMethod:
         if self._unconverged:
             warnings.warn(
                 f"the Adams–Moulton corrector did not converge within max_iters={self.max_iters} "
-                f"on {len(self._unconverged)} step(s), first at solver time "
-                f"t={self._unconverged[0]:.6g}; the result is less accurate than the "
+                f"on {len(self._unconverged)} step(s), first at "
+                f"t={self.user_time(self._unconverged[0]):.6g}; the result is less accurate than the "
                 "tolerances ask. Use a smaller step_size, raise max_iters, or use an implicit "
                 "method if the problem is stiff.",
                 RuntimeWarning,
@@ -235,6 +237,7 @@ def build_adams_method(name: str, options: dict[str, Any], context: BuildContext
             rtol=rtol,
             atol=atol,
             interpolation=fixed.interp,
+            user_time=context.user_time,
         )
 
     return MethodSpec(name=name, kind="fixed", stepper=stepper, fixed=fixed, replayable=False)

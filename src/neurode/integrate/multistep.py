@@ -204,8 +204,8 @@ class AdamsMethod:
             warnings.warn(
                 f"the Adams–Moulton corrector did not converge within max_iters={self.max_iters} "
                 f"on {len(self._unconverged)} step(s), first at "
-                f"t={self.user_time(self._unconverged[0]):.6g}; the result is less accurate than the "
-                "tolerances ask. Use a smaller step_size, raise max_iters, or use an implicit "
+                f"t={self.user_time(self._unconverged[0]):.6g}; the result is less accurate than "
+                "the tolerances ask. Use a smaller step_size, raise max_iters, or use an implicit "
                 "method if the problem is stiff.",
                 RuntimeWarning,
                 stacklevel=2,

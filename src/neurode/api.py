@@ -20,6 +20,7 @@ from .errors import (
     UnknownMethodError,
     UnknownOptionError,
 )
+from .gradients.captured import captured_tensors
 from .integrate import Callbacks, ODEProblem, Solution, build_method, method_names
 from .integrate.per_sample import BATCH_MODES, solve_per_sample
 from .integrate.tolerances import check_tolerance_pair
@@ -202,7 +203,11 @@ def solve(
         options: solver options (as torchdiffeq's ``options``).
         gradient_options: options of the gradient method.
         params: tensors whose gradients are needed, for gradient methods that solve
-            for them (default: ``func.parameters()`` if ``func`` is a module).
+            for them (default: what ``func`` holds — an ``nn.Module``'s parameters, and
+            tensors requiring grad in its closure, the globals it names, a bound
+            method's object or a ``functools.partial``; a tensor it depends on beyond
+            those raises :class:`~neurode.errors.GradientUnavailableError` at its first
+            evaluation).
         dense: keep the dense output so that ``Solution.evaluate`` works.
         batch: ``"joint"`` (the batch is one system, as in torchdiffeq) or
             ``"per_sample"`` (each row of ``y0`` is its own problem with its own
@@ -233,7 +238,8 @@ def solve(
         raise UnknownOptionError(f"batch must be one of {', '.join(BATCH_MODES)}, got {batch!r}")
     prepared = _Prepared(func, y0, t, rtol, atol, method, options)
     if params is None:
-        params = tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ()
+        # What func visibly holds: a module's parameters, tensors in its closure, ...
+        params = captured_tensors(func) if gradient != "direct" else ()
     result = gradients.get(gradient)(
         prepared.problem,
         prepared.state,

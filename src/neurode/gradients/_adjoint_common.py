@@ -24,6 +24,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ..integrate.problem import ODEProblem
+from .captured import guard_first_evaluation
 
 
 class CustomBackward(Protocol):
@@ -76,6 +77,8 @@ def apply_custom_backward(
     method: CustomBackward, y0: torch.Tensor, t: torch.Tensor, params: Sequence[torch.Tensor]
 ) -> torch.Tensor:
     """``method``'s forward solve, with its own backward when autograd needs one."""
+    if torch.is_grad_enabled():
+        guard_first_evaluation(method.problem, params, method.gradient_name)
     if needs_backward(y0, t, params):
         return SolveFunction.apply(method, y0, t, *params)
     with torch.no_grad():

@@ -270,6 +270,8 @@ def _augmented_tolerance(value, layout: _AugmentedLayout):
 class _Backsolve:
     """Forward solve without a graph; backward by the adjoint equations."""
 
+    gradient_name = "backsolve"
+
     def __init__(
         self,
         problem: ODEProblem,

@@ -122,6 +122,8 @@ def _chain(first, second):
 class _Checkpointed:
     """Forward solve without a graph; backward by replaying checkpoint intervals."""
 
+    gradient_name = "checkpoint"
+
     def __init__(
         self,
         problem: ODEProblem,

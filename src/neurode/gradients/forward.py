@@ -61,6 +61,7 @@ from ..integrate.loop import Trajectory
 from ..integrate.problem import ODEProblem
 from . import GradientResult, check_options, register
 from ._time_gradients import with_time_gradients
+from .captured import guard_first_evaluation
 
 _OPTIONS = frozenset({"jacobian", "vectorize", "jacobians"})
 _STRATEGIES = ("auto", "forward", "reverse")
@@ -321,6 +322,8 @@ def integrate_sensitivities(
             "the parameters of a func that is not an nn.Module can only be differentiated "
             "if they require grad"
         )
+    if strategy == "reverse" and torch.is_grad_enabled():
+        guard_first_evaluation(problem, params, "forward")
     field = _AugmentedField(problem, params, with_y0, strategy, vectorize, names)
     spec = problem.method
     if spec.kind == "adaptive":
@@ -413,6 +416,8 @@ def solve_forward(
             stats.update(runner["stats"])
             produced["segments"] = runner["segments"]
             return ys
+        if torch.is_grad_enabled():
+            guard_first_evaluation(problem, trainable, "forward")
         with torch.no_grad():
             trajectory = problem.integrate(start, t_solver, record_segments=record_segments)
         stats.update(trajectory.stats)

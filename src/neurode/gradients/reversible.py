@@ -86,6 +86,7 @@ from ..solvers.reversible import rk_increment, undo_coupling
 from ..solvers.tableau import ButcherTableau
 from . import GradientResult, check_options, register
 from ._time_gradients import with_time_gradients
+from .captured import guard_first_evaluation
 
 DEFAULT_COUPLING = 0.999
 _OPTIONS = frozenset({"coupling", "coupling_rate", "step_size", "grid"})
@@ -400,6 +401,8 @@ def solve_reversible(
     )
 
     def run(start: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            guard_first_evaluation(problem, trainable, "reversible")
         if torch.is_grad_enabled() and (start.requires_grad or trainable):
             return _ReversibleSolve.apply(integrator, start, *trainable)
         with torch.no_grad():

@@ -145,6 +145,9 @@ class ODEProblem:
     method: MethodSpec | None
     callbacks: Callbacks = field(default_factory=Callbacks)
     nfe: int = 0
+    inspect_first: Callable[[Any, torch.Tensor], None] | None = None
+    """Called once with the first evaluation's output, computed with a graph from a
+    detached copy of the state (a gradient method checks what ``func`` depends on)."""
     _checked: bool = False
     _time_key: float | None = field(default=None, repr=False)
     _time_value: torch.Tensor | None = field(default=None, repr=False)
@@ -164,6 +167,8 @@ class ODEProblem:
 
     def call_user(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``func`` at user time ``t`` (a tensor) on the solver state ``y``, in user orientation."""
+        if self.inspect_first is not None:
+            return self._call_inspected(t, y)
         self.nfe += 1
         if self.layout is None:
             out = self.func(t, y)
@@ -179,6 +184,14 @@ class ODEProblem:
                 self._check_dtype(out)
             self._checked = True
         return self.layout.flatten_like(outputs, self.state_dtype)
+
+    def _call_inspected(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        inspect, self.inspect_first = self.inspect_first, None
+        with torch.enable_grad():
+            y_leaf = y.detach().requires_grad_(True)
+            out = self.call_user(t, y_leaf)
+        inspect(out, y_leaf)
+        return out.detach()
 
     def vector_field(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
         """dy/ds at solver time ``s = t`` (``perturb`` = ±1 nudges ``t`` by one ulp)."""

@@ -52,6 +52,16 @@ class GradientUnavailableError(NeurodeInputError):
     """Gradients were requested through a method that cannot provide them."""
 
 
+class StiffnessWarning(UserWarning):
+    """An explicit method is held at its stability limit: the problem is stiff there.
+
+    Its steps are then set by stability, not accuracy, so the solve is slow and
+    its gradients may be meaningless; ``method="auto"`` (switches to an implicit
+    method where needed) or an implicit method such as ``"kvaerno5"`` or
+    ``"rodas5p"`` solves such problems in far fewer steps. Issued once per solve.
+    """
+
+
 class SolverError(RuntimeError):
     """A solve failed while running. ``t`` is the time reached."""
 

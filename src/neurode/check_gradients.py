@@ -33,7 +33,7 @@ import torch
 
 from . import gradients
 from .api import solve
-from .errors import NeurodeInputError
+from .errors import NeurodeInputError, SolverError
 
 DEFAULT_METHODS = ("direct", "backsolve", "checkpoint", "reversible", "forward")
 _REFERENCE_FACTOR = 1e-3
@@ -63,6 +63,10 @@ class MethodReport:
     nfe_backward: int | None = None
     note: str = ""
 
+    diverged: bool = False
+    """The method stopped with a :class:`~neurode.errors.SolverError` (its own check found
+    that it could not give a correct gradient here)."""
+
     @property
     def ran(self) -> bool:
         return self.error_vs_reference is not None
@@ -89,11 +93,11 @@ class GradientReport:
 
     @property
     def drifting(self) -> list[str]:
-        """Names of the methods whose error against the reference exceeds the threshold."""
+        """Methods whose error against the reference exceeds the threshold, or that diverged."""
         return [
             r.name
             for r in self.methods
-            if r.ran and not r.error_vs_reference <= self.drift_threshold
+            if (r.ran and not r.error_vs_reference <= self.drift_threshold) or r.diverged
         ]
 
     def __str__(self) -> str:
@@ -315,6 +319,10 @@ def check_gradients(
             continue
         try:
             g, stats = gradient_of(name, (rtol, atol), gradient_options.get(name))
+        except SolverError as error:
+            note = f"diverged: {type(error).__name__}: {error}"[:300]
+            reports.append(MethodReport(name=name, note=note, diverged=True))
+            continue
         except (NeurodeInputError, RuntimeError) as error:
             reports.append(
                 MethodReport(name=name, note=f"failed: {type(error).__name__}: {error}"[:200])
@@ -342,12 +350,12 @@ def check_gradients(
     for name in report.drifting:
         error = report[name].error_vs_reference
         advice = _ADVICE.get(name, "check its options and the solver tolerances")
-        warnings.warn(
-            f"gradient={name!r} is off the reference gradient by {error:.2e} (relative), above "
-            f"{threshold:.1e}: {advice}",
-            GradientDriftWarning,
-            stacklevel=2,
+        what = (
+            "stopped: it found it could not give a correct gradient here"
+            if error is None
+            else f"is off the reference gradient by {error:.2e} (relative), above {threshold:.1e}"
         )
+        warnings.warn(f"gradient={name!r} {what}: {advice}", GradientDriftWarning, stacklevel=2)
     return report
 
 

@@ -80,3 +80,11 @@ class MaxStepsExceededError(SolverError):
 
 class NonFiniteStateError(SolverError):
     """The state or `func`'s output became NaN or infinite."""
+
+
+class AdjointDivergedError(SolverError):
+    """The backsolve adjoint's backward re-integration of the state left the forward solution.
+
+    Its gradient would be wrong; ``gradient="checkpoint"`` never integrates the state
+    backwards.
+    """

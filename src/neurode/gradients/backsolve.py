@@ -33,6 +33,14 @@ Options (``gradient_options``, as ``torchdiffeq.odeint_adjoint``):
   taking ``(a_t, z, a, *a_θ)`` (``z`` and ``a`` split into members for tuple
   states) and returning a scalar. The default is the largest RMS norm of the
   channels ``z``, ``a``, each ``a_θ`` and ``a_t``.
+- ``drift_limit``: how far (in the forward tolerances, RMS) the state integrated
+  backwards may stray from the forward solution at the save times and at 16
+  forward states kept along the way (adaptive forward solves); default 1e3.
+  Beyond it, or when it takes
+  over 20 times the forward solve's steps over the span it has covered (it is
+  crawling), backward raises
+  :class:`~neurode.errors.AdjointDivergedError` instead of returning a wrong
+  gradient (``float("inf")`` turns both checks off).
 
 The adjoint callbacks ``func.callback_step_adjoint``,
 ``func.callback_accept_step_adjoint`` and ``func.callback_reject_step_adjoint``
@@ -49,7 +57,12 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidToleranceError, UnknownOptionError
+from ..errors import (
+    AdjointDivergedError,
+    InvalidOptionError,
+    InvalidToleranceError,
+    UnknownOptionError,
+)
 from ..integrate.loop import Callbacks
 from ..integrate.methods import build_method
 from ..integrate.problem import AdaptiveOptions, MethodSpec, ODEProblem
@@ -61,8 +74,21 @@ from ._adjoint_common import (
     save_time_gradients,
     trainable,
 )
+from ._step_recorder import StepRecorder, chain_callbacks
 
-_OPTIONS = frozenset({"adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options"})
+_OPTIONS = frozenset(
+    {"adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options", "drift_limit"}
+)
+_CHECK_STATES = 16
+"""Forward states kept (spread over the solve) to check the backward reconstruction against."""
+_DRIFT_LIMIT = 1e3
+"""Beyond this many tolerances from the forward solution the reconstruction has diverged
+(healthy solves measure 0.01–150, growing with the span; see ``drift_limit``)."""
+_STEP_BUDGET_FACTOR = 20
+_STEP_BUDGET_MARGIN = 200
+"""The backward solve may take 20 times the forward solve's steps over the span it has
+covered, plus 200, before it is declared diverging (a healthy one takes one to two times
+as many)."""
 _DEFAULT_RTOL, _DEFAULT_ATOL = 1e-7, 1e-9
 
 
@@ -257,6 +283,12 @@ def _check_tolerance(name: str, value: Any, problem: ODEProblem, like: torch.Ten
     return check_tolerance(name, value, like, layout=problem.layout)
 
 
+def _as_state_tensor(value, like: torch.Tensor):
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(dtype=like.dtype, device=like.device)
+    return float(value)
+
+
 def _augmented_tolerance(value, layout: _AugmentedLayout):
     """The state tolerance on ``z`` and ``a``; its strictest entry on the integral channels."""
     if isinstance(value, float):
@@ -299,6 +331,12 @@ class _Backsolve:
     # .................................................................. configuration
     def _configure(self, options: dict[str, Any], y0: torch.Tensor) -> None:
         forward = self.problem.method
+        drift_limit = options.get("drift_limit", _DRIFT_LIMIT)
+        if isinstance(drift_limit, bool) or not isinstance(drift_limit, (int, float)):
+            raise InvalidOptionError(f"drift_limit must be a number, got {drift_limit!r}")
+        if not drift_limit > 0:
+            raise InvalidOptionError(f"drift_limit must be positive, got {drift_limit}")
+        self.drift_limit = float(drift_limit)
         forward_adaptive = forward.adaptive if forward.kind == "adaptive" else None
         rtol = options.get("adjoint_rtol")
         atol = options.get("adjoint_atol")
@@ -308,6 +346,11 @@ class _Backsolve:
             atol = forward_adaptive.atol if forward_adaptive else _DEFAULT_ATOL
         rtol = _check_tolerance("adjoint_rtol", rtol, self.problem, y0)
         atol = _check_tolerance("adjoint_atol", atol, self.problem, y0)
+        # The reconstruction of the state is measured in the forward solve's tolerances.
+        forward_rtol = forward_adaptive.rtol if forward_adaptive else rtol
+        forward_atol = forward_adaptive.atol if forward_adaptive else atol
+        self.state_rtol = _as_state_tensor(forward_rtol, y0)
+        self.state_atol = _as_state_tensor(forward_atol, y0)
         self.rtol = _augmented_tolerance(rtol, self.layout)
         self.atol = _augmented_tolerance(atol, self.layout)
 
@@ -415,11 +458,88 @@ class _Backsolve:
     # ........................................................................ solving
     def forward(self, y0: torch.Tensor) -> torch.Tensor:
         problem = self.problem
-        trajectory = problem.integrate(y0, self.t_solver, record_segments=self.record_segments)
+        # A few states of the forward solve, to check the backward reconstruction against.
+        self.recorder = StepRecorder(_CHECK_STATES, all_times=False)
+        user = problem.callbacks
+        callbacks = Callbacks(
+            step=user.step,
+            accept_step=chain_callbacks(user.accept_step, self.recorder),
+            reject_step=user.reject_step,
+        )
+        trajectory = problem.integrate(
+            y0, self.t_solver, record_segments=self.record_segments, callbacks=callbacks
+        )
         self.stats.update(trajectory.stats)
         self.stats["nfe"] = problem.nfe
         self.segments = trajectory.segments
         return torch.stack(trajectory.ys)
+
+    def backward_user_time(self, tau: float) -> float:
+        """The user's time of backward solver time ``τ = -s``."""
+        return self.problem.user_time(-tau)
+
+    def _drift(self, z: torch.Tensor, reference: torch.Tensor) -> float:
+        """RMS of ``(z − y) / (atol + rtol·|y|)``: the reconstruction's error in tolerances."""
+        scale = self.state_atol + self.state_rtol * reference.abs()
+        return float(((z.reshape(reference.shape) - reference) / scale).square().mean().sqrt())
+
+    def _check_drift(self, z: torch.Tensor, reference: torch.Tensor, s: float) -> None:
+        if self.problem.method.kind != "adaptive":
+            return  # tolerances say nothing about a fixed grid's accuracy
+        drift = self._drift(z, reference)
+        self.stats["reconstruction_drift"] = max(self.stats.get("reconstruction_drift", 0.0), drift)
+        if not drift <= self.drift_limit:
+            time = self.problem.user_time(s)
+            raise AdjointDivergedError(
+                f"the backsolve adjoint re-integrated the state backwards to t={time:.6g} and "
+                f"arrived {drift:.3g} tolerances away from the forward solution there, so its "
+                "gradient would be wrong: the dynamics contract too strongly (or are chaotic) "
+                "to be run backwards. Use gradient='checkpoint' (exact, memory ~ √steps) or "
+                "'direct'.",
+                t=time,
+            )
+
+    def _forward_steps_before(self, s: float) -> float:
+        """About how many forward steps ended before solver time ``s`` (interpolated)."""
+        recorder = self.recorder
+        times = [*recorder.state_times, self.t_solver[-1]]
+        counts = [*recorder.indices, recorder.steps]
+        k = bisect.bisect_right(times, s)
+        if k == 0:
+            return 0.0
+        if k == len(times):
+            return float(counts[-1])
+        t0, t1, c0, c1 = times[k - 1], times[k], counts[k - 1], counts[k]
+        return c0 + (c1 - c0) * (s - t0) / (t1 - t0) if t1 > t0 else float(c0)
+
+    def _budget_callback(self, user_step: Callable | None) -> Callable | None:
+        """Counts the backward steps against the forward steps over the span covered so far.
+
+        A healthy backward solve takes one to two times as many steps as the forward one;
+        more than ``_STEP_BUDGET_FACTOR`` times (plus a margin) means it is crawling.
+        """
+        if self.drift_limit == math.inf or self.problem.method.kind != "adaptive":
+            return user_step
+        start = self._forward_steps_before(self.t_solver[-1])
+        taken = [0]
+
+        def check(tau: float, x: torch.Tensor, h: float) -> None:
+            taken[0] += 1
+            covered = start - self._forward_steps_before(-tau)
+            if taken[0] > _STEP_BUDGET_FACTOR * covered + _STEP_BUDGET_MARGIN:
+                time = self.backward_user_time(tau)
+                raise AdjointDivergedError(
+                    f"the backsolve adjoint took {taken[0]} steps to integrate backwards to "
+                    f"t={time:.6g}, where the forward solve took about {covered:.0f}: "
+                    "re-integrating the state backwards is diverging (the dynamics contract "
+                    "too strongly, are stiff, or are chaotic), so its gradient would be wrong. "
+                    "Use gradient='checkpoint' (exact, memory ~ √steps) or 'direct'.",
+                    t=time,
+                )
+            if user_step is not None:
+                user_step(tau, x, h)
+
+        return check
 
     def backward(self, ys: torch.Tensor, grad_ys: torch.Tensor, needs_grad: Sequence[bool]):
         problem, layout, t_solver = self.problem, self.layout, self.t_solver
@@ -427,18 +547,27 @@ class _Backsolve:
         steps = 0
         time_grads = save_time_gradients(problem, t_solver, ys, grad_ys) if self.time_grad else None
         x = layout.initial(ys[-1], grad_ys[-1])
+        callbacks = dataclasses.replace(
+            self.callbacks, step=self._budget_callback(self.callbacks.step)
+        )
+        checks = sorted(zip(self.recorder.state_times, self.recorder.states), key=lambda c: c[0])
         for i in range(len(t_solver) - 1, 0, -1):
             if time_grads is not None:
                 x[-1] -= time_grads[i]
             tau0, tau1 = -t_solver[i], -t_solver[i - 1]
+            inside = [c for c in checks if t_solver[i - 1] < c[0] < t_solver[i]][::-1]
             trajectory = problem.integrate(
                 x,
-                [tau0, tau1],
+                [tau0, *(-s for s, _ in inside), tau1],
                 func=self.dynamics,
                 method=self._interval_method(tau0, tau1, x),
-                callbacks=self.callbacks,
+                callbacks=callbacks,
+                user_time=self.backward_user_time,
             )
             steps += trajectory.stats.get("steps", 0)
+            for (s, state), reached in zip(inside, trajectory.ys[1:-1]):
+                self._check_drift(reached[: layout.n], state, s)
+            self._check_drift(trajectory.ys[-1][: layout.n], ys[i - 1], t_solver[i - 1])
             x = trajectory.ys[-1].clone()
             x[: layout.n] = ys[i - 1].reshape(-1)
             x[layout.n : 2 * layout.n] += grad_ys[i - 1].reshape(-1)

@@ -41,7 +41,6 @@ raise ``UnknownMethodError``.
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,9 +58,9 @@ from ._adjoint_common import (
     start_time_gradient,
     trainable,
 )
+from ._step_recorder import StepRecorder, chain_callbacks
 
 _OPTIONS = frozenset({"checkpoints"})
-_MIN_AUTOMATIC_CHECKPOINTS = 8
 
 
 def solve_checkpoint(
@@ -78,45 +77,6 @@ def solve_checkpoint(
     checkpointed = _Checkpointed(problem, t, t_solver, params, options or {}, record_segments)
     ys = apply_custom_backward(checkpointed, y0, t, params)
     return GradientResult(ys=ys, stats=checkpointed.stats, segments=checkpointed.segments)
-
-
-class _StepRecorder:
-    """Records each accepted step's start time and, thinned as it goes, its start state.
-
-    States are kept at steps ``0, k, 2k, ...``; when more than the limit are held,
-    ``k`` doubles and every other one is dropped.
-    """
-
-    def __init__(self, limit: int | None):
-        self.limit = limit
-        self.stride = 1
-        self.times: list[float] = []
-        self.indices: list[int] = []
-        self.states: list[torch.Tensor] = []
-
-    def _limit(self, steps: int) -> int:
-        if self.limit is not None:
-            return self.limit
-        return max(_MIN_AUTOMATIC_CHECKPOINTS, math.ceil(2 * math.sqrt(steps)))
-
-    def __call__(self, t: float, y: torch.Tensor, h: float) -> None:
-        index = len(self.times)
-        self.times.append(t)
-        if index % self.stride:
-            return
-        self.indices.append(index)
-        self.states.append(y)
-        while len(self.states) > self._limit(index + 1):
-            self.stride *= 2
-            kept = [i for i, j in enumerate(self.indices) if j % self.stride == 0]
-            self.indices = [self.indices[i] for i in kept]
-            self.states = [self.states[i] for i in kept]
-
-
-def _chain(first, second):
-    if first is None:
-        return second
-    return lambda t, y, h: (first(t, y, h), second(t, y, h))
 
 
 class _Checkpointed:
@@ -156,11 +116,11 @@ class _Checkpointed:
 
     def forward(self, y0: torch.Tensor) -> torch.Tensor:
         problem = self.problem
-        recorder = _StepRecorder(self.limit)
+        recorder = StepRecorder(self.limit)
         user = problem.callbacks
         callbacks = Callbacks(
             step=user.step,
-            accept_step=_chain(user.accept_step, recorder),
+            accept_step=chain_callbacks(user.accept_step, recorder),
             reject_step=user.reject_step,
         )
         trajectory = problem.integrate(

@@ -261,14 +261,17 @@ class ODEProblem:
         callbacks: Callbacks | None = None,
         stepper: Stepper | None = None,
         controller: Any = None,
+        user_time: Callable[[float], float] | None = None,
     ) -> Trajectory:
         """Run the loop on solver times ``t_eval`` (increasing) from solver state ``y0``.
 
         ``func`` replaces the problem's own vector field (an augmented system, say);
         ``stepper`` and ``controller`` replace the method's (a replay, say).
-        ``t_eval`` as a ``(B, T)`` tensor solves each row on its own.
+        ``t_eval`` as a ``(B, T)`` tensor solves each row on its own. ``user_time``
+        replaces how solver times are reported in errors (a backward solve's).
         """
         method = method or self.method
+        user_time = self.user_time if user_time is None else user_time
         per_row = isinstance(t_eval, torch.Tensor)
         if func is None:
             func = self.row_field if per_row else self.vector_field
@@ -284,11 +287,11 @@ class ODEProblem:
             stepper if stepper is not None else method.stepper(),
             controller
             if controller is not None
-            else method.controller(y0, self.user_time, per_row=per_row),
+            else method.controller(y0, user_time, per_row=per_row),
             callbacks=callbacks or NO_CALLBACKS,
             record_segments=record_segments,
             event_fn=event_fn,
-            user_time=self.user_time,
+            user_time=user_time,
         )
 
 

@@ -85,8 +85,7 @@ def _solver(library: str, gradient: str) -> Callable:
 
 def _loss(cnf: CNF, solve: Callable, x: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
     """The CNF training loss of ``CNF.loss``, with the ODE solved by ``solve``."""
-    field = cnf.field
-    field.trace, field.noise, field.regularise = "hutchinson", probe, cnf.regularised
+    field = cnf.field.for_solve(probe, cnf.regularised)
     extra = 3 if cnf.regularised else 1
     state = torch.cat([x, x.new_zeros(len(x), extra)], -1)
     times = torch.tensor([cnf.t1, 0.0], dtype=x.dtype, device=x.device)

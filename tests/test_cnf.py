@@ -107,8 +107,8 @@ def test_hutchinson_probe_is_fixed_for_the_whole_solve(noise):
     # estimate must equal exactly log N(e^{-AT} x) - T εᵀ A ε with that row's probe.
     x = _random_points(32)
     cnf = _linear_cnf("hutchinson", noise=noise)
-    log_prob = cnf.log_prob(x)
-    probe = cnf.field.noise
+    log_prob = cnf(x, generator=torch.Generator().manual_seed(3)).log_prob
+    probe = sample_probe(x, noise, torch.Generator().manual_seed(3))
     quadratic_form = ((probe @ A.T) * probe).sum(-1)
     z0 = x @ torch.linalg.matrix_exp(-A * T).T
     expected = standard_normal_log_prob(z0) - T * quadratic_form

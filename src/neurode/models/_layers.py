@@ -43,7 +43,7 @@ def _solve_states(
     owner: nn.Module, func: nn.Module, y0: torch.Tensor, times: torch.Tensor
 ) -> torch.Tensor:
     """States ``(len(times), *y0.shape)`` of ``func`` solved with ``owner``'s
-    ``method``, ``rtol``, ``atol``, ``options`` and ``gradient``."""
+    ``method``, ``rtol``, ``atol``, ``options``, ``gradient`` and ``gradient_options``."""
     return solve(
         func,
         y0,
@@ -53,4 +53,5 @@ def _solve_states(
         atol=owner.atol,
         options=owner.options,
         gradient=owner.gradient,
+        gradient_options=owner.gradient_options,
     ).ys

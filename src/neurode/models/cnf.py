@@ -35,12 +35,7 @@ from torch import nn
 
 from ..errors import NeurodeInputError, ShapeMismatchError
 from ._layers import _solve_states
-from .divergence import (
-    PROBE_DISTRIBUTIONS,
-    _exact_jacobian_terms,
-    _hutchinson_jacobian_terms,
-    sample_probe,
-)
+from .divergence import PROBE_DISTRIBUTIONS, field_and_jacobian_terms, sample_probe
 
 TRACE_ESTIMATORS = ("exact", "hutchinson")
 
@@ -64,38 +59,67 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z**2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
 
 
+class _EvaluationCount:
+    """Evaluations of a CNF's augmented fields, shared by the fields of all its solves."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class _SolveField(nn.Module):
+    """``(z, ℓ[, kinetic, jacobian]) ↦ (f, -tr ∂f/∂z[, ‖f‖², ‖∂f/∂z‖_F²])`` for one solve.
+
+    The divergence estimator, the Hutchinson probe (``None`` for the exact trace)
+    and whether the regularisers ride along are fixed when the field is built:
+    a gradient method that evaluates the field again in its backward pass
+    (``backsolve``, ``checkpoint``, ``reversible``) then sees the probe of this
+    solve, even when other solves of the same CNF ran in between. The field
+    holds the CNF's ``dynamics`` as a submodule, so its parameters are the
+    dynamics' own.
+    """
+
+    def __init__(
+        self,
+        dynamics: nn.Module,
+        dim: int,
+        probe: torch.Tensor | None,
+        regularise: bool,
+        evaluations: _EvaluationCount,
+    ):
+        super().__init__()
+        self.dynamics = dynamics
+        self.dim = dim
+        self.probe = probe
+        self.regularise = regularise
+        self._evaluations = evaluations
+
+    def forward(self, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        self._evaluations.count += 1
+        z = state[:, : self.dim]
+        probe = None if self.probe is None else self.probe.to(z.dtype)
+        f, trace, frobenius_sq = field_and_jacobian_terms(lambda z_: self.dynamics(t, z_), z, probe)
+        parts = [f, -trace[:, None]]
+        if self.regularise:
+            parts += [(f**2).sum(-1, keepdim=True), frobenius_sq[:, None]]
+        return torch.cat(parts, dim=-1)
+
+
 class _AugmentedField(nn.Module):
-    """``(z, ℓ[, kinetic, jacobian]) ↦ (f, -tr ∂f/∂z[, ‖f‖², ‖∂f/∂z‖_F²])``."""
+    """Holds the CNF's dynamics and builds the augmented field of each solve."""
 
     def __init__(self, dynamics: nn.Module, dim: int):
         super().__init__()
         self.dynamics = dynamics
         self.dim = dim
-        self.trace = "exact"
-        self.noise: torch.Tensor | None = None
-        self.regularise = False
-        self.nfe = 0
+        self.evaluations = _EvaluationCount()
 
-    def forward(self, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
-        # The trace is built by autograd even when the caller disabled gradients
-        # (evaluation, or the forward pass of an adjoint); its graph is kept only
-        # when the caller differentiates through this evaluation.
-        keep_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            z = state[:, : self.dim]
-            if not z.requires_grad:
-                z = z.detach().requires_grad_(True)
-            f = self.dynamics(t, z)
-            if self.trace == "exact":
-                trace, frobenius_sq = _exact_jacobian_terms(f, z, keep_graph, self.regularise)
-            else:
-                trace, frobenius_sq = _hutchinson_jacobian_terms(f, z, self.noise, keep_graph)
-        parts = [f, -trace[:, None]]
-        if self.regularise:
-            parts += [(f**2).sum(-1, keepdim=True), frobenius_sq[:, None]]
-        derivative = torch.cat(parts, dim=-1)
-        return derivative if keep_graph else derivative.detach()
+    @property
+    def nfe(self) -> int:
+        return self.evaluations.count
+
+    def for_solve(self, probe: torch.Tensor | None, regularise: bool) -> _SolveField:
+        """The augmented field of one solve: exact trace when ``probe`` is ``None``."""
+        return _SolveField(self.dynamics, self.dim, probe, regularise, self.evaluations)
 
 
 class CNF(nn.Module):
@@ -108,7 +132,8 @@ class CNF(nn.Module):
         t1: the integration time ``T``.
         trace: ``"exact"`` or ``"hutchinson"``, the divergence used in training.
         noise: the Hutchinson probe distribution, ``"rademacher"`` or ``"gaussian"``.
-        method, rtol, atol, options, gradient: passed to :func:`neurode.solve`.
+        method, rtol, atol, options, gradient, gradient_options: passed to
+            :func:`neurode.solve`.
         kinetic_weight, jacobian_weight: RNODE weights ``λ_K``, ``λ_J`` used by
             :meth:`loss`; either positive makes :meth:`forward` integrate both terms.
     """
@@ -126,6 +151,7 @@ class CNF(nn.Module):
         atol: float = 1e-5,
         options: dict | None = None,
         gradient: str = "direct",
+        gradient_options: dict | None = None,
         kinetic_weight: float = 0.0,
         jacobian_weight: float = 0.0,
     ):
@@ -148,6 +174,7 @@ class CNF(nn.Module):
         self.atol = atol
         self.options = options
         self.gradient = gradient
+        self.gradient_options = gradient_options
         self.kinetic_weight = float(kinetic_weight)
         self.jacobian_weight = float(jacobian_weight)
         self.field = _AugmentedField(dynamics, dim)
@@ -191,10 +218,9 @@ class CNF(nn.Module):
         _check_trace(trace)
         extra = 3 if self.regularised else 1
         state = torch.cat([x, x.new_zeros(x.shape[0], extra)], dim=-1)
-        self.field.trace = trace
-        self.field.regularise = self.regularised
-        self.field.noise = sample_probe(x, self.noise, generator) if trace == "hutchinson" else None
-        end = self._solve(self.field, state, self._times(self.t1, 0.0, x))[-1]
+        probe = sample_probe(x, self.noise, generator) if trace == "hutchinson" else None
+        field = self.field.for_solve(probe, self.regularised)
+        end = self._solve(field, state, self._times(self.t1, 0.0, x))[-1]
         base = end[:, : self.dim]
         log_prob = standard_normal_log_prob(base) - end[:, self.dim]
         # Integrating from T down to 0 accumulates -∫_0^T of each regulariser.
@@ -254,12 +280,8 @@ class CNF(nn.Module):
         if not return_log_prob:
             return self._solve(self.dynamics, z0, times)[-1]
         state = torch.cat([z0, standard_normal_log_prob(z0)[:, None]], dim=-1)
-        self.field.trace = trace
-        self.field.regularise = False
-        self.field.noise = (
-            sample_probe(z0, self.noise, generator) if trace == "hutchinson" else None
-        )
-        end = self._solve(self.field, state, times)[-1]
+        probe = sample_probe(z0, self.noise, generator) if trace == "hutchinson" else None
+        end = self._solve(self.field.for_solve(probe, False), state, times)[-1]
         return end[:, : self.dim], end[:, self.dim]
 
 

@@ -12,8 +12,11 @@ regulariser of RNODE. Probes come from :func:`neurode.nn.regularisers.sample_pro
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from ..nn._vector_jacobian import value_and_vjps
 from ..nn.regularisers import NOISE_KINDS, sample_probe
 
 __all__ = ["PROBE_DISTRIBUTIONS", "exact_divergence", "hutchinson_divergence", "sample_probe"]
@@ -58,3 +61,24 @@ def _hutchinson_jacobian_terms(
         0
     ]
     return (noise_jacobian * noise).sum(-1), (noise_jacobian**2).sum(-1)
+
+
+def field_and_jacobian_terms(
+    field: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, probe: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``f = field(z)``, its divergence and its squared Jacobian Frobenius norm, per row.
+
+    Exact (one vector-Jacobian product per dimension) when ``probe`` is ``None``,
+    else Hutchinson's estimates ``εᵀ J ε`` and ``‖εᵀ J‖²`` with the probe ``ε``
+    ``(B, d)``. Works wherever a vector field is evaluated: under ``no_grad``,
+    with a graph for backpropagation, and inside ``torch.func`` transforms
+    (forward sensitivities).
+    """
+    if probe is None:
+        eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
+        f, rows = value_and_vjps(field, z, [eye[i].expand_as(z) for i in range(z.shape[-1])])
+        trace = sum(row[:, i] for i, row in enumerate(rows))
+        frobenius_sq = sum((row**2).sum(-1) for row in rows)
+        return f, trace, frobenius_sq
+    f, (probe_jacobian,) = value_and_vjps(field, z, (probe,))
+    return f, (probe_jacobian * probe).sum(-1), (probe_jacobian**2).sum(-1)

@@ -70,8 +70,8 @@ class LatentODE(nn.Module):
         encoder_hidden: hidden size of the default encoder.
         dynamics_width, decoder_width: widths of the latent field and decoder MLPs.
         obs_std: the fixed observation noise ``σ`` of the likelihood.
-        method, rtol, atol, options, gradient: how the latent ODE is solved
-            (see :func:`neurode.solve`); the default encoder uses the same.
+        method, rtol, atol, options, gradient, gradient_options: how the latent
+            ODE is solved (see :func:`neurode.solve`); the default encoder uses the same.
     """
 
     def __init__(
@@ -89,6 +89,7 @@ class LatentODE(nn.Module):
         atol: float = 1e-4,
         options: dict | None = None,
         gradient: str = "direct",
+        gradient_options: dict | None = None,
     ):
         super().__init__()
         check_sizes(data_dim=data_dim, latent_dim=latent_dim)
@@ -106,6 +107,7 @@ class LatentODE(nn.Module):
                 atol=atol,
                 options=options,
                 gradient=gradient,
+                gradient_options=gradient_options,
             )
         self.encoder = encoder
         self.to_posterior = nn.Linear(encoder.hidden_dim, 2 * latent_dim)
@@ -118,6 +120,7 @@ class LatentODE(nn.Module):
         self.atol = atol
         self.options = options
         self.gradient = gradient
+        self.gradient_options = gradient_options
 
     def posterior(
         self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None = None

@@ -173,7 +173,7 @@ class _ODEClassifier(_MNISTClassifier):
 class ODENet(_ODEClassifier):
     """Stem, one ODE block of :class:`MNISTDynamics` on ``[t0, t1]``, head: 0.21M parameters.
 
-    ``method``, ``rtol``, ``atol``, ``gradient`` and ``options`` go to
+    ``method``, ``rtol``, ``atol``, ``gradient``, ``options`` and ``gradient_options`` go to
     :class:`~neurode.nn.ODEBlock`. The defaults are the paper's: dopri5 at
     tolerance 1e-3 and the adjoint (``"backsolve"``).
     """
@@ -189,6 +189,7 @@ class ODENet(_ODEClassifier):
         t0: float = 0.0,
         t1: float = 1.0,
         options: Mapping[str, Any] | None = None,
+        gradient_options: Mapping[str, Any] | None = None,
         autocast_dtype: torch.dtype | None = None,
     ):
         block = ODEBlock(
@@ -200,6 +201,7 @@ class ODENet(_ODEClassifier):
             atol=atol,
             gradient=gradient,
             options=options,
+            gradient_options=gradient_options,
         )
         super().__init__(block, channels, autocast_dtype)
 

@@ -40,8 +40,8 @@ class ODERNN(nn.Module):
         dynamics: the hidden-state vector field ``f(t, h)``; by default an MLP
             ``H -> dynamics_width -> H`` with tanh that ignores ``t``.
         dynamics_width: width of the default MLP.
-        method, rtol, atol, options, gradient: passed to :func:`neurode.solve`
-            for each evolution between consecutive times.
+        method, rtol, atol, options, gradient, gradient_options: passed to
+            :func:`neurode.solve` for each evolution between consecutive times.
     """
 
     def __init__(
@@ -56,6 +56,7 @@ class ODERNN(nn.Module):
         atol: float = 1e-4,
         options: dict | None = None,
         gradient: str = "direct",
+        gradient_options: dict | None = None,
     ):
         super().__init__()
         check_sizes(input_dim=input_dim, hidden_dim=hidden_dim)
@@ -70,6 +71,7 @@ class ODERNN(nn.Module):
         self.atol = atol
         self.options = options
         self.gradient = gradient
+        self.gradient_options = gradient_options
 
     def evolve(self, h: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         """Solve ``dh/dt = f(t, h)`` from ``times[0]``; returns ``(len(times), *h.shape)``."""

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from ..api import solve
 from ..errors import NeurodeInputError
+from ._vector_jacobian import value_and_vjps
 
 NOISE_KINDS = ("gaussian", "rademacher")
 REGULARISATION_TERMS = ("kinetic", "jacobian")
@@ -62,43 +63,6 @@ def _per_sample_squared_norm(x: Tensor) -> Tensor:
 def _per_sample_zeros(h: Tensor) -> Tensor:
     shape = h.shape[:1] if h.ndim >= 2 else ()
     return h.new_zeros(shape)
-
-
-def _inside_functorch_transform() -> bool:
-    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
-    return peek is None or peek() is not None
-
-
-def _value_and_vjp(
-    function: Callable[[Tensor], Tensor], h: Tensor, cotangent: Tensor
-) -> tuple[Tensor, Tensor]:
-    """``(function(h), cotangentᵀ ∂function/∂h)``, differentiable when the caller records a graph.
-
-    Works under an outer ``no_grad`` (a solve whose gradient comes later), keeps
-    the graph for direct backprop and for the vector-Jacobian products of an
-    adjoint, and inside the functorch transforms of forward-mode sensitivities
-    (through ``torch.func.vjp``, which costs more per call than plain autograd).
-    """
-    if _inside_functorch_transform():
-        value, vjp_fn = torch.func.vjp(function, h)
-        (vjp,) = vjp_fn(cotangent.to(value.dtype))
-        return value, vjp
-    keep_graph = torch.is_grad_enabled()
-    with torch.enable_grad():
-        h_in = h if h.requires_grad else h.detach().requires_grad_(True)
-        value = function(h_in)
-        (vjp,) = torch.autograd.grad(
-            value,
-            h_in,
-            grad_outputs=cotangent.to(value.dtype),
-            create_graph=keep_graph,
-            allow_unused=True,
-        )
-    if vjp is None:  # the function does not depend on h
-        vjp = torch.zeros_like(h)
-    if not keep_graph:
-        value, vjp = value.detach(), vjp.detach()
-    return value, vjp
 
 
 def sample_probe(
@@ -164,7 +128,12 @@ class RegularisedDynamics(nn.Module):
     The probe is drawn on the first evaluation that needs it and kept until
     :meth:`resample_noise` or :meth:`set_noise` is called, so one solve (and
     the backward pass of a gradient method that re-evaluates the dynamics)
-    sees one probe. :func:`regularised_solve` draws a fresh probe per solve.
+    sees one probe. The probe belongs to one solve: ``backsolve``,
+    ``checkpoint`` and ``reversible`` read it again when the backward pass
+    runs, so replacing it before every solve that used it has been
+    differentiated changes those solves' gradients. Build one
+    ``RegularisedDynamics`` per solve (it only wraps ``dynamics``, whose
+    parameters it shares), as :func:`regularised_solve` does.
     """
 
     def __init__(
@@ -222,7 +191,7 @@ class RegularisedDynamics(nn.Module):
                 f"The Hutchinson probe has shape {tuple(noise.shape)} but the state has shape "
                 f"{tuple(h.shape)}; call resample_noise(h0) or set_noise(...) before solving."
             )
-        f, vjp = _value_and_vjp(lambda state: self.dynamics(t, state), h, noise)
+        f, (vjp,) = value_and_vjps(lambda state: self.dynamics(t, state), h, (noise,))
         kinetic_rate = (
             _per_sample_squared_norm(f) if self.kinetic else torch.zeros_like(kinetic_acc)
         )

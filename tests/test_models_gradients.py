@@ -28,12 +28,29 @@ from neurode.models.concatsquash import ConcatSquashMLP
 from neurode.nn import Augmented, MLPDynamics, NeuralODE, ODEBlock, SecondOrder
 
 F64 = torch.float64
-GRADIENTS = ["direct", "backsolve", "checkpoint", "reversible", "forward"]
 TOLERANCES = dict(rtol=1e-10, atol=1e-10)
+# The gradient methods, as solver settings of the models. Forward sensitivities
+# choose forward- or reverse-mode products by size ("auto"); "forward_jvp" forces
+# the forward-mode ones, which evaluate the model's vector field inside
+# torch.func transforms.
+METHODS = {
+    "direct": dict(gradient="direct"),
+    "backsolve": dict(gradient="backsolve"),
+    "checkpoint": dict(gradient="checkpoint"),
+    "reversible": dict(gradient="reversible"),
+    "forward": dict(gradient="forward"),
+    "forward_jvp": dict(gradient="forward", gradient_options={"jacobian": "forward"}),
+}
 # Largest entry of |gradient - direct's| over the largest entry of |direct's|:
 # the same discrete gradient agrees to rounding, a gradient of the same
 # continuous problem (a backward solve, another discretisation) to the tolerance.
-AGREEMENT = {"checkpoint": 1e-9, "forward": 1e-9, "backsolve": 1e-6, "reversible": 1e-6}
+AGREEMENT = {
+    "checkpoint": 1e-9,
+    "forward": 1e-9,
+    "forward_jvp": 1e-9,
+    "backsolve": 1e-6,
+    "reversible": 1e-6,
+}
 
 
 def _normal(*shape: int, seed: int) -> torch.Tensor:
@@ -46,8 +63,8 @@ def _seeded(seed: int) -> torch.Generator:
 
 @dataclass(frozen=True)
 class Case:
-    """``build(gradient)`` makes the model (weights from a fixed seed);
-    ``loss(model)`` sums the losses of several forward passes."""
+    """``build(method)`` makes the model (weights from a fixed seed) solved by one of
+    :data:`METHODS`; ``loss(model)`` sums the losses of several forward passes."""
 
     build: Callable[[str], nn.Module]
     loss: Callable[[nn.Module], torch.Tensor]
@@ -55,10 +72,10 @@ class Case:
     agreement: dict[str, float] | None = None
 
 
-def _seeded_build(make: Callable[[str], nn.Module]) -> Callable[[str], nn.Module]:
-    def build(gradient: str) -> nn.Module:
+def _seeded_build(make: Callable[[dict], nn.Module]) -> Callable[[str], nn.Module]:
+    def build(method: str) -> nn.Module:
         torch.manual_seed(0)
-        return make(gradient).to(F64)
+        return make({**METHODS[method], **TOLERANCES}).to(F64)
 
     return build
 
@@ -160,60 +177,46 @@ def _images_loss(model: ODENet) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------- cases
-def _cnf(trace: str, **kwargs) -> Callable[[str], nn.Module]:
-    return lambda gradient: CNF(
-        ConcatSquashMLP(2, [6]),
-        2,
-        t1=0.5,
-        trace=trace,
-        gradient=gradient,
-        **TOLERANCES,
-        **kwargs,
-    )
+def _cnf(trace: str, **kwargs) -> Callable[[dict], nn.Module]:
+    return lambda s: CNF(ConcatSquashMLP(2, [6]), 2, t1=0.5, trace=trace, **s, **kwargs)
 
 
 CASES: dict[str, Case] = {
     "ode_block": Case(
-        _seeded_build(
-            lambda g: ODEBlock(MLPDynamics(2, hidden=6, depth=1), t1=0.6, gradient=g, **TOLERANCES)
-        ),
+        _seeded_build(lambda s: ODEBlock(MLPDynamics(2, hidden=6, depth=1), t1=0.6, **s)),
         _block_loss,
     ),
     "neural_ode": Case(
         _seeded_build(
-            lambda g: NeuralODE(
-                MLPDynamics(2, hidden=6, depth=1, time_dependent=True), gradient=g, **TOLERANCES
-            )
+            lambda s: NeuralODE(MLPDynamics(2, hidden=6, depth=1, time_dependent=True), **s)
         ),
         _trajectory_loss(2, [[0.0, 0.3, 0.7], [0.0, -0.4]]),
     ),
     "augmented": Case(
         _seeded_build(
-            lambda g: Augmented(
+            lambda s: Augmented(
                 MLPDynamics(4, hidden=6, depth=1),
                 2,
                 projection="linear",
                 in_features=2,
                 t1=0.6,
-                gradient=g,
-                **TOLERANCES,
+                **s,
             )
         ),
         _block_loss,
     ),
     "second_order": Case(
-        _seeded_build(lambda g: NeuralODE(SecondOrder(_Acceleration(2)), gradient=g, **TOLERANCES)),
+        _seeded_build(lambda s: NeuralODE(SecondOrder(_Acceleration(2)), **s)),
         _trajectory_loss(4, [[0.0, 0.3, 0.7], [0.0, 0.5]]),
     ),
     "regularised_block": Case(
         _seeded_build(
-            lambda g: ODEBlock(
+            lambda s: ODEBlock(
                 MLPDynamics(2, hidden=6, depth=1),
                 t1=0.6,
-                gradient=g,
                 regularisation={"kinetic": 0.3, "jacobian": 0.2},
                 generator=_seeded(3),
-                **TOLERANCES,
+                **s,
             )
         ),
         _regularised_block_loss,
@@ -228,29 +231,28 @@ CASES: dict[str, Case] = {
     ),
     "latent_ode": Case(
         _seeded_build(
-            lambda g: LatentODE(
+            lambda s: LatentODE(
                 2,
                 2,
                 encoder_hidden=3,
                 dynamics_width=4,
                 decoder_width=4,
-                gradient=g,
-                **TOLERANCES,
+                **s,
             )
         ),
         _latent_loss,
         slow=True,
     ),
     "ode_rnn": Case(
-        _seeded_build(lambda g: ODERNN(2, 3, dynamics_width=4, gradient=g, **TOLERANCES)),
+        _seeded_build(lambda s: ODERNN(2, 3, dynamics_width=4, **s)),
         _ode_rnn_loss,
     ),
     "hybrid": Case(
-        _seeded_build(lambda g: NeuralODE(HybridODE(1.5, hidden=4), gradient=g, **TOLERANCES)),
+        _seeded_build(lambda s: NeuralODE(HybridODE(1.5, hidden=4), **s)),
         _pendulum_loss,
     ),
     "pendulum_physics": Case(
-        _seeded_build(lambda g: NeuralODE(PendulumPhysics(1.5, 0.2), gradient=g, **TOLERANCES)),
+        _seeded_build(lambda s: NeuralODE(PendulumPhysics(1.5, 0.2), **s)),
         _pendulum_loss,
     ),
     # The ODE-Net's dynamics (ReLU between group norms of 2 x 2 feature maps) are
@@ -259,7 +261,7 @@ CASES: dict[str, Case] = {
     # (with softplus in place of ReLU they agree with direct to 4e-9 over t1 = 0.3).
     # A short span crosses few kinks.
     "mnist_odenet": Case(
-        _seeded_build(lambda g: ODENet(channels=2, gradient=g, t1=0.02, **TOLERANCES)),
+        _seeded_build(lambda s: ODENet(channels=2, t1=0.02, **s)),
         _images_loss,
         slow=True,
         agreement={"backsolve": 1e-4, "reversible": 1e-4},
@@ -277,28 +279,39 @@ def _parameter_gradients(model: nn.Module) -> torch.Tensor:
 
 
 @functools.cache
-def _gradient(case_name: str, gradient: str) -> torch.Tensor:
+def _gradient(case_name: str, method: str) -> torch.Tensor:
     case = CASES[case_name]
-    model = case.build(gradient)
+    model = case.build(method)
     case.loss(model).backward()
     return _parameter_gradients(model)
 
 
-def _marked(names):
+# Forward-mode products run every evaluation through torch.func transforms, about
+# a second per case here; the CNF's default-run check is the test at the end.
+_SLOW_METHODS = {"forward_jvp"}
+
+
+def _combinations():
     return [
-        pytest.param(name, marks=pytest.mark.slow) if CASES[name].slow else name for name in names
+        pytest.param(
+            name,
+            method,
+            marks=[pytest.mark.slow] if CASES[name].slow or method in _SLOW_METHODS else [],
+        )
+        for name in CASES
+        for method in METHODS
+        if method != "direct"
     ]
 
 
-@pytest.mark.parametrize("gradient", [g for g in GRADIENTS if g != "direct"])
-@pytest.mark.parametrize("case_name", _marked(CASES))
-def test_gradient_method_matches_direct_over_several_forward_passes(case_name, gradient):
+@pytest.mark.parametrize(("case_name", "method"), _combinations())
+def test_gradient_method_matches_direct_over_several_forward_passes(case_name, method):
     reference = _gradient(case_name, "direct")
     scale = float(reference.abs().max())
     assert scale > 1e-3
-    tolerance = {**AGREEMENT, **(CASES[case_name].agreement or {})}[gradient]
-    error = float((_gradient(case_name, gradient) - reference).abs().max())
-    assert error <= tolerance * scale, f"{gradient}: error {error:.3g} against {scale:.3g}"
+    tolerance = {**AGREEMENT, **(CASES[case_name].agreement or {})}[method]
+    error = float((_gradient(case_name, method) - reference).abs().max())
+    assert error <= tolerance * scale, f"{method}: error {error:.3g} against {scale:.3g}"
 
 
 def _directional_finite_difference(case_name: str, direction: torch.Tensor, step: float) -> float:
@@ -320,12 +333,29 @@ def _directional_finite_difference(case_name: str, direction: torch.Tensor, step
     return (values[0] - values[1]) / (2 * step)
 
 
-@pytest.mark.parametrize("gradient", GRADIENTS)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("case_name", CNF_CASES)
-def test_cnf_gradient_matches_finite_differences(case_name, gradient):
+def test_cnf_gradient_matches_finite_differences(case_name, method):
     reference = _gradient(case_name, "direct")
     direction = _normal(reference.numel(), seed=99)
     expected = _directional_finite_difference(case_name, direction, 1e-4)
-    actual = float(_gradient(case_name, gradient) @ direction)
+    actual = float(_gradient(case_name, method) @ direction)
     assert abs(expected) > 1e-2
     assert actual == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_cnf_trains_with_forward_sensitivities_on_data_without_gradient(trace):
+    # 40 points of 2 coordinates and a log-density make 120 state entries against
+    # 56 parameters, so forward sensitivities choose forward-mode products and
+    # evaluate the CNF's divergence inside torch.func transforms.
+    x = _normal(40, 2, seed=7)
+    gradients = {}
+    for method in ("direct", "forward"):
+        model = _seeded_build(_cnf(trace))(method)
+        assert sum(p.numel() for p in model.parameters()) < x.numel() + len(x)
+        (-model(x, generator=_seeded(8)).log_prob.mean()).backward()
+        gradients[method] = _parameter_gradients(model)
+    scale = float(gradients["direct"].abs().max())
+    assert scale > 1e-3
+    assert float((gradients["forward"] - gradients["direct"]).abs().max()) <= 1e-9 * scale

@@ -149,7 +149,7 @@ def integrate(
                         check_finite(event[1], "the state", user_time(event[0]))
                         return Trajectory(
                             ys=[y0],
-                            stats=controller.stats(),
+                            stats=_stats(controller, stepper),
                             segments=segments,
                             event_time=event[0],
                             event_state=event[1],
@@ -164,7 +164,16 @@ def integrate(
     finally:
         stepper.finish()
     ys, stacked = saver.result()
-    return Trajectory(ys=ys, stats=controller.stats(), segments=segments, stacked=stacked)
+    return Trajectory(ys=ys, stats=_stats(controller, stepper), segments=segments, stacked=stacked)
+
+
+def _stats(controller, stepper: Stepper) -> dict:
+    """The controller's step counts and whatever the stepper counts (``stats()``, optional)."""
+    stats = controller.stats()
+    own = getattr(stepper, "stats", None)
+    if own is not None:
+        stats.update(own())
+    return stats
 
 
 __all__ = ["Callbacks", "NO_CALLBACKS", "Trajectory", "integrate"]

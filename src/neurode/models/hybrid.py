@@ -100,6 +100,41 @@ class PendulumPhysics(nn.Module):
         theta, omega = _split_pendulum_state(y)
         return torch.stack([omega, -self.mu * omega - self.g_over_l * torch.sin(theta)], dim=-1)
 
+    @torch.no_grad()
+    def jacobians(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Analytic Jacobians :math:`\partial f/\partial y` and :math:`\partial f/\partial p`.
+
+        Both are shaped ``(..., 2, 2)``; :math:`p = (a, b)` with :math:`g/L = e^a`
+        and :math:`\mu = \operatorname{softplus}(b)`, the raw parameters:
+
+        .. math::
+
+            \frac{\partial f}{\partial y} = \begin{pmatrix} 0 & 1 \\
+            -(g/L)\cos\theta & -\mu \end{pmatrix}, \qquad
+            \frac{\partial f}{\partial p} = \begin{pmatrix} 0 & 0 \\
+            -(g/L)\sin\theta & -\sigma(b)\,\omega \end{pmatrix}.
+        """
+        theta, omega = _split_pendulum_state(y)
+        g_over_l, mu = self.g_over_l, self.mu
+        zero = torch.zeros_like(theta)
+        d_state = torch.stack(
+            [
+                torch.stack([zero, torch.ones_like(theta)], dim=-1),
+                torch.stack([-g_over_l * torch.cos(theta), (-mu).expand_as(theta)], dim=-1),
+            ],
+            dim=-2,
+        )
+        d_params = torch.stack(
+            [
+                torch.stack([zero, zero], dim=-1),
+                torch.stack(
+                    [-g_over_l * torch.sin(theta), -torch.sigmoid(self.raw_mu) * omega], dim=-1
+                ),
+            ],
+            dim=-2,
+        )
+        return d_state, d_params
+
     def extra_repr(self) -> str:
         return f"g_over_l={float(self.g_over_l):.6g}, mu={float(self.mu):.6g}"
 
@@ -113,10 +148,15 @@ class HybridODE(nn.Module):
         depth: number of hidden layers.
         vanishes_at_rest: learn :math:`\omega\,n(\theta, \omega)` (default) rather
             than an unconstrained :math:`n(\theta, \omega)`.
+        state_scale: typical sizes :math:`(s_\theta, s_\omega)` of the state; the
+            network sees :math:`(\theta/s_\theta, \omega/s_\omega)`, inputs of order one
+            whatever the pendulum (default ``(1, 1)``).
+        friction: the linear friction :math:`\mu_0 \ge 0` the model starts with
+            (the network's output bias is :math:`-\mu_0`, its weights zero).
         dtype: dtype of the parameters.
 
-    The network's last layer starts at zero, so training starts from the
-    frictionless physical model.
+    The network's last layer starts at zero weights, so training starts from
+    the physical model with linear friction ``friction`` (frictionless by default).
     """
 
     def __init__(
@@ -126,10 +166,20 @@ class HybridODE(nn.Module):
         hidden: int = 16,
         depth: int = 1,
         vanishes_at_rest: bool = True,
+        state_scale: tuple[float, float] = (1.0, 1.0),
+        friction: float = 0.0,
         dtype: torch.dtype = torch.float64,
     ):
         super().__init__()
         g_over_l = _check_positive("g_over_l", g_over_l)
+        if len(state_scale) != 2:
+            raise NeurodeInputError(f"state_scale must be two numbers, got {state_scale!r}")
+        scale = tuple(_check_positive("state_scale", value) for value in state_scale)
+        if isinstance(friction, bool) or not isinstance(friction, int | float):
+            raise NeurodeInputError(f"friction must be a number, got {friction!r}")
+        if not (math.isfinite(friction) and friction >= 0):
+            raise NeurodeInputError(f"friction must be finite and >= 0, got {friction}")
+        self.register_buffer("state_scale", torch.tensor(scale, dtype=dtype))
         for name, value in (("hidden", hidden), ("depth", depth)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise NeurodeInputError(f"{name} must be a positive integer, got {value!r}")
@@ -141,7 +191,7 @@ class HybridODE(nn.Module):
             layers += [nn.Linear(width_in, width_out, dtype=dtype), nn.Tanh()]
         output = nn.Linear(hidden, 1, dtype=dtype)
         nn.init.zeros_(output.weight)
-        nn.init.zeros_(output.bias)
+        nn.init.constant_(output.bias, -float(friction))
         self.friction_net = nn.Sequential(*layers, output)
 
     @property
@@ -151,13 +201,52 @@ class HybridODE(nn.Module):
 
     def correction(self, theta: Tensor, omega: Tensor) -> Tensor:
         r"""The learned angular acceleration, :math:`\omega\,n(\theta,\omega)` or :math:`n`."""
-        learned = self.friction_net(torch.stack([theta, omega], dim=-1)).squeeze(-1)
+        inputs = torch.stack([theta, omega], dim=-1) / self.state_scale
+        learned = self.friction_net(inputs).squeeze(-1)
         return omega * learned if self.vanishes_at_rest else learned
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         theta, omega = _split_pendulum_state(y)
         acceleration = -self.g_over_l * torch.sin(theta) + self.correction(theta, omega)
         return torch.stack([omega, acceleration], dim=-1)
+
+    def jacobians(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        r""":math:`\partial f/\partial y` and :math:`\partial f/\partial p` for
+        :math:`p = (a, c)`: :math:`g/L = e^a` and :math:`c` the output bias of the
+        friction network (a constant shift of :math:`n`), each ``(N, 2, 2)`` for
+        states ``(N, 2)``.
+
+        The correction's gradient in the state comes from one reverse pass (the
+        rows are independent); the parameter columns are analytic:
+        :math:`\partial f/\partial a = (0, -(g/L)\sin\theta)` and
+        :math:`\partial f/\partial c = (0, \omega)` (or :math:`(0, 1)` without
+        ``vanishes_at_rest``).
+        """
+        theta, omega = _split_pendulum_state(y)
+        with torch.enable_grad():
+            state = y.detach().requires_grad_(True)
+            correction = self.correction(state[..., 0], state[..., 1])
+            (gradient,) = torch.autograd.grad(correction.sum(), state)
+        g_over_l = self.g_over_l.detach()
+        zero = torch.zeros_like(theta)
+        d_state = torch.stack(
+            [
+                torch.stack([zero, torch.ones_like(theta)], dim=-1),
+                torch.stack(
+                    [-g_over_l * torch.cos(theta) + gradient[..., 0], gradient[..., 1]], dim=-1
+                ),
+            ],
+            dim=-2,
+        )
+        shift = omega if self.vanishes_at_rest else torch.ones_like(omega)
+        d_params = torch.stack(
+            [
+                torch.stack([zero, zero], dim=-1),
+                torch.stack([-g_over_l * torch.sin(theta), shift], dim=-1),
+            ],
+            dim=-2,
+        )
+        return d_state, d_params
 
     @torch.no_grad()
     def friction_coefficient(self, states: Tensor) -> Tensor:

@@ -11,16 +11,25 @@ loss.
 The random-number states of torch, numpy and Python are stored as plain lists
 and tensors, so a checkpoint loads with ``torch.load(..., weights_only=True)``:
 loading one never executes code from the file.
+
+A *manifest* (:class:`CheckpointManifest`, e.g. a run folder's ``run.json``)
+records the SHA-256 of every checkpoint written and is checked on load, so a
+damaged or replaced file is refused instead of silently resuming from it. The
+digest is announced to the manifest before the file is replaced and
+confirmed after, so a kill between the two leaves a manifest that accepts
+whichever of the old and the new file is on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,6 +38,7 @@ from ..errors import NeurodeInputError
 
 __all__ = [
     "CheckpointError",
+    "CheckpointManifest",
     "capture_rng_state",
     "load_checkpoint",
     "restore_rng_state",
@@ -44,21 +54,46 @@ _FORMAT = "neurode.train.checkpoint"
 _VERSION = 1
 
 
-def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+class CheckpointManifest(Protocol):
+    """Where the SHA-256 digests of checkpoints are recorded and checked."""
+
+    def announce(self, path: Path, digest: str) -> None:
+        """``path`` is about to be replaced by content with ``digest``."""
+
+    def confirm(self, path: Path, digest: str) -> None:
+        """``path`` now holds content with ``digest``."""
+
+    def verify(self, path: Path, digest: str) -> None:
+        """Raise :class:`CheckpointError` unless ``digest`` is recorded for ``path``."""
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    payload: dict[str, Any],
+    *,
+    manifest: CheckpointManifest | None = None,
+) -> Path:
     """Write ``payload`` to ``path`` atomically (temp file, fsync, ``os.replace``).
 
     The parent directory is created if needed. On any failure the temporary
     file is removed and the previous content of ``path``, if any, is untouched.
+    With a ``manifest`` the file's SHA-256 is recorded there (module docstring).
     Returns the path written.
     """
     path = Path(path)
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     record = {"format": _FORMAT, "version": _VERSION, **payload}
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    content = buffer.getvalue()
+    digest = hashlib.sha256(content).hexdigest()
+    if manifest is not None:
+        manifest.announce(path, digest)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            torch.save(record, handle)
+            handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -67,22 +102,34 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
             os.unlink(temporary)
         raise
     _fsync_directory(directory)
+    if manifest is not None:
+        manifest.confirm(path, digest)
     return path
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike[str], *, manifest: CheckpointManifest | None = None
+) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors on CPU).
 
-    Raises :class:`CheckpointError` if the file is missing, corrupt, or was not
-    written by :func:`save_checkpoint`.
+    Raises :class:`CheckpointError` if the file is missing, corrupt, was not
+    written by :func:`save_checkpoint`, or (with a ``manifest``) its SHA-256
+    is not the one recorded.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        content = path.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror}") from error
+    if manifest is not None:
+        manifest.verify(path, hashlib.sha256(content).hexdigest())
+    try:
+        record = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+        reason = " ".join(str(error).split())
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from error
     if not isinstance(record, dict) or record.get("format") != _FORMAT:
         raise CheckpointError(f"{path} is not a neurode training checkpoint")
     if record.get("version") != _VERSION:

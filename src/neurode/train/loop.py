@@ -31,6 +31,7 @@ from torch import nn
 from ..errors import NeurodeInputError
 from .checkpoint import (
     CheckpointError,
+    CheckpointManifest,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -84,7 +85,9 @@ class TrainConfig:
     first epoch to ``lr_final`` at the last,
     :math:`\eta_e = \eta_f + \tfrac12(\eta_0 - \eta_f)(1 + \cos(\pi e / (E - 1)))`;
     the schedule depends on ``epochs``, so a run resumed with it must keep
-    ``epochs`` unchanged. With ``restore_best`` the parameters of the best epoch (by validation
+    ``epochs`` unchanged. A ``manifest`` records the SHA-256 of every
+    checkpoint and is checked when resuming (:mod:`neurode.train.checkpoint`).
+    With ``restore_best`` the parameters of the best epoch (by validation
     loss if a validation function is given, else by training loss) are loaded
     into the model at the end.
     """
@@ -101,6 +104,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_path: str | os.PathLike[str] | None = None
     checkpoint_every: int = 1
+    manifest: CheckpointManifest | None = None
     progress: bool = False
     description: str = "train"
 
@@ -389,6 +393,7 @@ def _save(
             "early_stopping": stopper.state_dict(),
             "history": history.state_dict(),
         },
+        manifest=config.manifest,
     )
 
 
@@ -401,7 +406,7 @@ def _restore(
     history: History,
 ) -> None:
     path = Path(config.checkpoint_path)
-    record = load_checkpoint(path)
+    record = load_checkpoint(path, manifest=config.manifest)
     saved, current = record["settings"], _settings(config)
     changed = [
         name for name in current.keys() | saved.keys() if saved.get(name) != current.get(name)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,7 +143,11 @@ def test_bad_csv_files_exit_2_with_a_one_line_message(case, tmp_path, capsys):
         (["--gradient", "nope"], "--gradient"),
         (["--models", "blackbox,nope"], "--models"),
         (["--rtol", "0"], "--rtol"),
-        (["--resume"], "no checkpoints"),
+        (["--resume"], "no run to resume"),
+        (["--mu", "-0.1"], "--mu"),
+        (["--g-over-l", "0"], "--g-over-l"),
+        (["--g-over-l", "200"], "shorter than 4 samples"),
+        (["--resume", "--overwrite"], "cannot be combined"),
     ],
 )
 def test_bad_options_exit_2_with_a_one_line_message(argv, message, tmp_path, capsys):
@@ -150,10 +156,11 @@ def test_bad_options_exit_2_with_a_one_line_message(argv, message, tmp_path, cap
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_simulation_options_are_refused_with_user_data(tmp_path, capsys):
+@pytest.mark.parametrize("option", ["--noise", "--mu", "--g-over-l", "--n-trajectories"])
+def test_simulation_options_are_refused_with_user_data(option, tmp_path, capsys):
     path = _write(tmp_path / "ok.csv", "t,theta\n0,1\n0.1,0.9\n0.2,0.8\n0.3,0.7\n")
-    code, _, err = _run(["--data", str(path), "--noise", "0.1"], capsys)
-    assert code == 2 and "--noise" in err
+    code, _, err = _run(["--data", str(path), option, "1"], capsys)
+    assert code == 2 and option in err
 
 
 def test_bad_input_in_a_real_process_prints_no_traceback(tmp_path):
@@ -179,10 +186,18 @@ def test_short_run_writes_metrics_and_figures(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["models"]) == {"blackbox", "hybrid", "physics"}
     assert metrics["truth"]["mu"] == 0.15 and metrics["truth"]["g_over_l"] == 4.0
+    assert metrics["models"]["blackbox"]["epochs"] == 4
+    # The hybrid's Adam epochs lie between two Gauss-Newton fits; each begins a marked stage.
+    stages = [name for name, _ in metrics["stages"]["hybrid"]]
+    assert stages == ["whole", "Gauss-Newton"]
     for name, model in metrics["models"].items():
-        assert model["epochs"] == 4, name
         assert model["nfe_forward"] == sum(metrics["history"][name]["nfe_forward"]) > 0
+        assert isinstance(model["flags"], list)
         assert model["train_mse"] > 0 and model["extrapolation_mse"] > 0
+    physics = metrics["models"]["physics"]
+    low, high = physics["intervals"]["g_over_l"]
+    assert low < physics["g_over_l"] < high and physics["standard_errors"]["mu"] > 0
+    assert metrics["noise"] == {"variance": pytest.approx(0.02**2), "std": 0.02, "source": "known"}
     assert metrics["models"]["blackbox"]["mu"] is None
     assert metrics["models"]["physics"]["g_over_l"] > 0
     # The truth row's error is the noise variance, 0.02^2 by default, up to sampling.
@@ -235,3 +250,185 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(
 
     code, _, err = _run([*common, "--out", str(tmp_path / "b"), "--resume", "--seed", "1"], capsys)
     assert code == 2 and "other settings" in err
+
+
+# ----------------------------------------------------------------------------- other pendulums
+
+
+def test_simulated_pendulum_of_other_constants_is_recovered_with_intervals(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--mu", "0.4", "--g-over-l", "12", "--n-trajectories", "4", "--noise", "0.01"]
+    argv += ["--models", "physics", "--quiet", "--no-plots", "--out", str(out)]
+    code, printed, _ = _run(argv, capsys)
+    assert code == 0 and "mu = 0.4, g/L = 12" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["truth"]["mu"] == 0.4 and metrics["truth"]["g_over_l"] == 12.0
+    physics = metrics["models"]["physics"]
+    assert physics["mu"] == pytest.approx(0.4, rel=0.05)
+    assert physics["g_over_l"] == pytest.approx(12.0, rel=0.05)
+    for name in ("mu", "g_over_l"):
+        low, high = physics["intervals"][name]
+        assert low < metrics["truth"][name] < high, name
+    assert physics["flags"] == []
+
+
+# ----------------------------------------------------------------------------- never lose work
+
+
+def _short_run(out: Path, *extra: str) -> list[str]:
+    return ["--epochs", "4", "--n-trajectories", "2", "--models", "blackbox", "--quiet",
+            "--out", str(out), *extra]  # fmt: skip
+
+
+def test_a_plain_rerun_onto_an_existing_run_is_refused_and_leaves_it_intact(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(_short_run(out, "--no-plots"), capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, _, err = _run(_short_run(out, "--no-plots", "--seed", "1"), capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "--resume" in err and "another --out" in err
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    code, _, _ = _run(_short_run(out, "--no-plots", "--seed", "1", "--overwrite"), capsys)
+    assert code == 0
+    assert json.loads((out / "run.json").read_text())["settings"]["seed"] == 1
+
+
+def test_a_second_process_cannot_write_into_a_folder_in_use(tmp_path, capsys):
+    from neurode.train.run_folder import RunFolder
+
+    out = tmp_path / "run"
+    with RunFolder(out, "pendulum", {}):
+        code, _, err = _run(_short_run(out, "--no-plots", "--overwrite"), capsys)
+    assert code == 2 and "in use by another neurode process" in err and err.count("\n") == 1
+    assert json.loads((out / "run.json").read_text())["settings"] == {}  # untouched
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_refused_on_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(_short_run(out, "--no-plots"), capsys)[0] == 0
+    record = json.loads((out / "run.json").read_text())
+    assert set(record["checkpoints"]) == {
+        "checkpoints/blackbox-segments.pt",
+        "checkpoints/blackbox-whole.pt",
+    }
+    checkpoint = out / "checkpoints" / "blackbox-whole.pt"
+    content = bytearray(checkpoint.read_bytes())
+    content[len(content) // 3] ^= 0x10
+    checkpoint.write_bytes(bytes(content))
+    code, _, err = _run(_short_run(out, "--no-plots", "--resume"), capsys)
+    assert code == 2 and "SHA-256" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("content", ["{truncated", "null"])
+def test_a_corrupt_run_json_is_a_one_line_error(tmp_path, capsys, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(content)
+    for extra in (["--resume"], []):
+        code, _, err = _run(_short_run(out, "--no-plots", *extra), capsys)
+        assert code == 2 and err.count("\n") == 1 and "run.json" in err, extra
+
+
+def test_a_full_disk_while_drawing_keeps_the_metrics_and_leaves_no_empty_figure(
+    tmp_path, capsys, monkeypatch
+):
+    from matplotlib.figure import Figure
+
+    out = tmp_path / "run"
+
+    def disk_fills(self, handle, **kwargs):
+        handle.write(b"\x89PNG\r\n")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_fills)
+    code, _, err = _run(_short_run(out), capsys)
+    assert code == 2 and err.count("\n") == 1 and "No space left" in err
+    assert "trajectories.png" in err
+    assert json.loads((out / "metrics.json").read_text())["models"]["blackbox"]["train_mse"] > 0
+    assert not list(out.glob("*.png")) and not list(out.glob(".*.tmp"))
+
+
+def test_a_full_disk_while_writing_metrics_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    real_replace = os.replace
+
+    def no_space(source, destination):
+        if str(destination).endswith("metrics.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", no_space)
+    code, _, err = _run(_short_run(out, "--no-plots"), capsys)
+    assert code == 2 and err.count("\n") == 1 and "metrics.json" in err and "space" in err
+    assert "Traceback" not in err
+
+
+def test_a_read_only_output_folder_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(out)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    code, _, err = _run(_short_run(out, "--no-plots"), capsys)
+    assert code == 2 and err.count("\n") == 1 and "read-only" in err.lower()
+
+
+def test_a_killed_run_leaves_no_partial_files(tmp_path, capsys, monkeypatch):
+    """A kill (here, Ctrl-C) while a figure is drawn leaves the metrics and no 0-byte PNG."""
+    from matplotlib.figure import Figure
+
+    out = tmp_path / "run"
+    real_savefig = Figure.savefig
+    calls = {"n": 0}
+
+    def killed_during_second(self, handle, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            handle.write(b"\x89PNG")
+            raise KeyboardInterrupt
+        return real_savefig(self, handle, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", killed_during_second)
+    code, _, _ = _run(_short_run(out), capsys)
+    assert code == 130
+    assert [p.name for p in out.glob("*.png")] == ["trajectories.png"]
+    assert (out / "trajectories.png").stat().st_size > 1000
+    assert json.loads((out / "metrics.json").read_text())
+    assert not list(out.glob(".*.tmp"))
+
+
+# ----------------------------------------------------------------------------- poor models
+
+
+def test_poor_model_flags_compare_with_the_noise_and_the_rest_baseline():
+    from neurode.cli._pendulum_report import poor_model_flags
+
+    noise = {"variance": 1e-4}
+    rest = {"rest": {"extrapolation_mse": 0.03}}
+    good = {"train_mse": 1.1e-4, "extrapolation_mse": 2e-4}
+    assert poor_model_flags(good, rest, noise) == []
+    misfit = {"train_mse": 5e-4, "extrapolation_mse": 2e-4}
+    assert "5.0x the noise variance" in poor_model_flags(misfit, rest, noise)[0]
+    drifting = {"train_mse": 1e-4, "extrapolation_mse": 0.05}
+    assert "no better than the rest position" in poor_model_flags(drifting, rest, noise)[0]
+    # Beyond the training window the data are at rest within the noise: no
+    # model can beat the baseline there, so only an error above the noise counts.
+    quiet = {"rest": {"extrapolation_mse": 1.05e-4}}
+    assert poor_model_flags({"train_mse": 1e-4, "extrapolation_mse": 1.2e-4}, quiet, noise) == []
+    moving = poor_model_flags({"train_mse": 1e-4, "extrapolation_mse": 9e-4}, quiet, noise)
+    assert "at rest within the noise" in moving[0]
+
+
+def test_an_undertrained_black_box_is_flagged_in_the_table_and_metrics(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--models", "blackbox", "--epochs", "2", "--n-trajectories", "2", "--quiet"]
+    code, printed, _ = _run([*argv, "--no-plots", "--out", str(out)], capsys)
+    assert code == 0
+    assert "POOR" in printed and "warning: blackbox:" in printed
+    flags = json.loads((out / "metrics.json").read_text())["models"]["blackbox"]["flags"]
+    assert any("noise variance" in flag for flag in flags)

@@ -6,7 +6,9 @@ backend without touching pyplot's global state: plotting works on headless
 machines and never changes the backend of an interactive session.
 
 Inputs are plain arrays (numpy arrays, tensors or sequences); nothing here
-knows about models or solvers.
+knows about models or solvers. Every figure is written atomically
+(:func:`neurode.train.files.write_atomically`): a kill while drawing leaves
+the previous file or none, never an empty or truncated PNG.
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ def _array(values: Any) -> np.ndarray:
 
 
 def _save(figure, path: str | os.PathLike[str]) -> Path:
+    from .train.files import write_atomically
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, format="png")
-    return path
+    return write_atomically(path, lambda handle: figure.savefig(handle, dpi=120, format="png"))
 
 
 def plot_trajectories(
@@ -102,6 +105,7 @@ def plot_phase_portrait(
     *,
     reference: VectorField | None = None,
     trajectories: Sequence[Any] = (),
+    trajectory_label: str = "observed trajectories",
     theta_range: tuple[float, float] = (-2.0, 2.0),
     omega_range: tuple[float, float] = (-3.0, 3.0),
     grid: int = 17,
@@ -112,9 +116,12 @@ def plot_phase_portrait(
         path: the PNG file to write.
         fields: per model name, its vector field on the phase plane.
         reference: the true field, drawn in grey under every learned one.
-        trajectories: states ``(T, 2)`` of observed trajectories, drawn as thin lines.
+        trajectories: states ``(T, 2)`` of trajectories, drawn as thin grey lines.
+        trajectory_label: what those trajectories are, for the legend.
         theta_range, omega_range: the plotted window.
         grid: arrows per axis.
+
+    One legend, under the panels, names every kind of line and arrow.
     """
     theta, omega = np.meshgrid(
         np.linspace(*theta_range, grid), np.linspace(*omega_range, grid), indexing="xy"
@@ -122,27 +129,42 @@ def plot_phase_portrait(
     count = max(len(fields), 1)
     figure = _figure(figsize=(4.6 * count, 4.4), layout="constrained")
     axes = figure.subplots(1, count, squeeze=False)[0]
+    handles = {}
     for axis, (name, field) in zip(axes, fields.items(), strict=False):
         for states in trajectories:
             states = _array(states)
-            axis.plot(states[:, 0], states[:, 1], color="0.75", lw=0.6, zorder=1)
+            (line,) = axis.plot(states[:, 0], states[:, 1], color="0.75", lw=0.6, zorder=1)
+            handles.setdefault(trajectory_label + " (grey lines)", line)
         if reference is not None:
             u, v = map(_array, reference(theta, omega))
-            axis.quiver(theta, omega, u, v, color="0.55", angles="xy", width=0.004, zorder=2)
+            arrows = axis.quiver(
+                theta, omega, u, v, color="0.55", angles="xy", width=0.004, zorder=2
+            )
+            handles.setdefault("true vector field (grey arrows)", arrows)
         u, v = map(_array, field(theta, omega))
-        axis.quiver(theta, omega, u, v, color="C3", angles="xy", width=0.003, zorder=3)
-        axis.set_title(
-            name + (" (red) over the true field (grey)" if reference else ""), fontsize=9
-        )
+        arrows = axis.quiver(theta, omega, u, v, color="C3", angles="xy", width=0.003, zorder=3)
+        handles.setdefault("learned vector field (red arrows)", arrows)
+        axis.set_title(name, fontsize=10)
         axis.set_xlabel("θ (rad)")
         axis.set_ylabel("ω (rad/s)")
         axis.set_xlim(*theta_range)
         axis.set_ylim(*omega_range)
+    figure.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncols=len(handles),
+        fontsize=8,
+        frameon=False,
+    )
     return _save(figure, path)
 
 
 def plot_training_history(
-    path: str | os.PathLike[str], histories: Mapping[str, Mapping[str, Sequence[float]]]
+    path: str | os.PathLike[str],
+    histories: Mapping[str, Mapping[str, Sequence[float]]],
+    *,
+    stages: Mapping[str, Sequence[tuple[str, int]]] | None = None,
 ) -> Path:
     """Training loss and function evaluations per epoch of one or more runs.
 
@@ -151,8 +173,12 @@ def plot_training_history(
         histories: per model name, a mapping with per-epoch lists ``loss``,
             ``nfe_forward`` and (optionally) ``nfe_backward``, e.g.
             ``History.state_dict()``.
+        stages: per model name, ``(stage name, epochs before it)`` of each stage
+            after the first: drawn as a dotted vertical line in the model's
+            colour, labelled with the stage it begins (a change of the training
+            problem changes the loss and the evaluations per epoch at once).
     """
-    figure = _figure(figsize=(10, 3.6), layout="constrained")
+    figure = _figure(figsize=(10, 3.8), layout="constrained")
     loss_axis, nfe_axis = figure.subplots(1, 2)
     for k, (name, history) in enumerate(histories.items()):
         colour = f"C{k}"
@@ -162,6 +188,18 @@ def plot_training_history(
         backward = history.get("nfe_backward")
         if backward is not None and np.any(_array(backward)):
             nfe_axis.plot(epochs, _array(backward), color=colour, ls="--", label=f"{name} backward")
+        for stage, before in (stages or {}).get(name, ()):
+            for axis in (loss_axis, nfe_axis):
+                axis.axvline(before + 0.5, color=colour, ls=":", lw=1.0)
+            nfe_axis.annotate(
+                f"{name}: {stage} →",
+                xy=(before + 0.5, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -10 - 10 * k),
+                textcoords="offset points",
+                fontsize=7,
+                color=colour,
+            )
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("training loss")
     loss_axis.legend(fontsize=8)

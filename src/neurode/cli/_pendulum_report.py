@@ -4,32 +4,29 @@ and metrics.json."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import tempfile
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..train.loop import TrainResult
-from ..train.trajectories import (
-    Trajectories,
-    TrajectoryModel,
-    predict,
-    squared_error,
-)
+from ..train.least_squares import interval_95, softplus
+from ..train.trajectories import Trajectories, TrajectoryModel, predict, squared_error
+from ._pendulum_training import MODELS, TrainedModel
 
-MODELS = ("blackbox", "hybrid", "physics")
 _DENSE_POINTS = 400
+# A model is flagged when its mean squared error exceeds this multiple of the
+# noise variance: for n >= 50 observations the MSE of a correct model is
+# sigma^2 (chi^2_n / n), whose spread sqrt(2/n) <= 0.2 keeps it below 2 sigma^2
+# by more than five standard deviations.
+_NOISE_MULTIPLE = 2.0
 
 
 @dataclass
-class _Experiment:
+class Experiment:
     """Training and held-out trajectories, the split times, and what is known of the truth."""
 
     train: Trajectories
@@ -44,27 +41,39 @@ class _Experiment:
     clean_train: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
-@dataclass
-class _Fit:
-    name: str
-    model: TrajectoryModel
-    results: list[TrainResult] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def history(self) -> dict[str, list]:
-        merged: dict[str, list] = {}
-        for result in self.results:
-            for key, values in result.history.state_dict().items():
-                merged.setdefault(key, []).extend(values)
-        return merged
-
-
 def _mse(rollouts, data: Trajectories, **window) -> float | None:
     total, count = squared_error(rollouts, data, component=0, **window)
     return total / count if count else None
 
 
-def _evaluate(fitted: _Fit, experiment: _Experiment) -> dict[str, Any]:
+def _uncertainty(fitted: TrainedModel) -> dict[str, Any]:
+    """Standard errors and 95% intervals of g/L and mu from the least-squares fit (physics)."""
+    fit = fitted.least_squares
+    empty = {"standard_errors": None, "intervals": None, "residual_noise_std": None}
+    if fit is None:
+        return empty
+    empty["residual_noise_std"] = math.sqrt(fit.noise_variance)
+    errors = fit.standard_errors()
+    if errors is None:
+        return empty
+    dynamics = fitted.model.dynamics
+    a, b = float(dynamics.log_g_over_l.detach()), float(dynamics.raw_mu.detach())
+    se_a, se_b = float(errors[0]), float(errors[1])
+    sigmoid = 1.0 / (1.0 + math.exp(-b))
+    return {
+        # Delta method: d(g/L)/da = g/L, d(mu)/db = sigmoid(b).
+        "standard_errors": {"g_over_l": math.exp(a) * se_a, "mu": sigmoid * se_b},
+        # The Laplace interval of the fitted parametrisation, mapped through its
+        # monotone transform: it never leaves g/L > 0 and mu >= 0.
+        "intervals": {
+            "g_over_l": list(interval_95(a, se_a, math.exp)),
+            "mu": list(interval_95(b, se_b, softplus)),
+        },
+        "residual_noise_std": math.sqrt(fit.noise_variance),
+    }
+
+
+def evaluate(fitted: TrainedModel, experiment: Experiment) -> dict[str, Any]:
     model = fitted.model
     rollouts, _ = predict(model, experiment.train)
     metrics: dict[str, Any] = {
@@ -101,6 +110,7 @@ def _evaluate(fitted: _Fit, experiment: _Experiment) -> dict[str, Any]:
         metrics["mu"] = float(dynamics.friction_coefficient(states))
     else:
         metrics["mu"] = None
+    metrics.update(_uncertainty(fitted))
     history = fitted.history()
     metrics.update(
         epochs=len(history["loss"]),
@@ -109,12 +119,12 @@ def _evaluate(fitted: _Fit, experiment: _Experiment) -> dict[str, Any]:
         nfe_backward=int(sum(history["nfe_backward"])),
         nfe_forward_last_epoch=int(history["nfe_forward"][-1]),
         seconds=round(fitted.seconds, 2),
-        stopped_early=any(result.stopped_early for result in fitted.results),
+        stopped_early=any(stage.stopped_early for stage in fitted.stages),
     )
     return metrics
 
 
-def _baselines(experiment: _Experiment) -> dict[str, dict[str, float | None]]:
+def baselines(experiment: Experiment) -> dict[str, dict[str, float | None]]:
     """Extrapolation MSE of naive predictors of the angle beyond the training window."""
     data, splits = experiment.train, experiment.train_split
     last_value, rest = [], []
@@ -132,7 +142,7 @@ def _baselines(experiment: _Experiment) -> dict[str, dict[str, float | None]]:
     }
 
 
-def _truth_metrics(experiment: _Experiment) -> dict[str, Any] | None:
+def truth_metrics(experiment: Experiment) -> dict[str, Any] | None:
     if experiment.clean_train is None:
         return None
     clean = [
@@ -146,6 +156,71 @@ def _truth_metrics(experiment: _Experiment) -> dict[str, Any] | None:
     }
 
 
+def noise_level(experiment: Experiment, metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    r"""The noise variance of the angles: known (simulated data) or estimated.
+
+    Estimated from the residuals of the best model on the training window:
+    the smallest training MSE, where the physics fit's residual variance
+    :math:`\lVert r\rVert^2/(n - m)` counts the constants and initial states
+    it fitted. (A model that does not fit leaves residuals above the noise,
+    so the best one bounds the noise from above.)
+    """
+    if experiment.noise is not None:
+        return {"variance": experiment.noise**2, "std": experiment.noise, "source": "known"}
+    candidates = {}
+    for name, m in metrics.items():
+        value = m["train_mse"]
+        if m.get("residual_noise_std") is not None and math.isfinite(m["residual_noise_std"]):
+            value = m["residual_noise_std"] ** 2
+        if value is not None:
+            candidates[name] = value
+    best = min(candidates, key=candidates.get)
+    return {
+        "variance": candidates[best],
+        "std": math.sqrt(candidates[best]),
+        "source": "residuals",
+        "model": best,
+    }
+
+
+def poor_model_flags(
+    m: dict[str, Any], reference: dict[str, dict[str, float | None]], noise: dict[str, Any]
+) -> list[str]:
+    """Why a model is poor, in words; empty when it is not.
+
+    A model is poor when its training residuals are far above the noise
+    (MSE over ``_NOISE_MULTIPLE`` times the noise variance), or when it
+    extrapolates no better than predicting the rest position. Where the data
+    beyond the training window are themselves at rest within the noise (the
+    rest baseline's MSE is below that multiple of the noise variance), no
+    model can beat the baseline except by chance, so the model is instead
+    flagged if its extrapolation error rises above that multiple.
+    """
+    flags = []
+    variance = noise["variance"]
+    limit = _NOISE_MULTIPLE * variance
+    if m["train_mse"] is not None and m["train_mse"] > limit:
+        flags.append(
+            f"training residuals {m['train_mse'] / variance:.1f}x the noise variance "
+            f"({m['train_mse']:.3g} vs {variance:.3g}): it does not fit the data"
+        )
+    rest = reference["rest"]["extrapolation_mse"]
+    extrapolation = m["extrapolation_mse"]
+    if rest is None or extrapolation is None:
+        return flags
+    if rest > limit and extrapolation >= rest:
+        flags.append(
+            f"extrapolates no better than the rest position theta = 0 "
+            f"(MSE {extrapolation:.3g} vs {rest:.3g})"
+        )
+    elif rest <= limit and extrapolation > limit:
+        flags.append(
+            f"extrapolation MSE {extrapolation:.3g} is {extrapolation / variance:.1f}x the noise "
+            "variance where the data are at rest within the noise"
+        )
+    return flags
+
+
 # ----------------------------------------------------------------------------- report
 def _number(value: float | None, digits: int = 3) -> str:
     if value is None:
@@ -155,21 +230,32 @@ def _number(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits - 1}e}"
 
 
-def _summary_table(
+def _with_interval(m: dict[str, Any], name: str) -> str:
+    value = m[name]
+    intervals = m.get("intervals")
+    if value is None or not intervals:
+        return _number(value, 4)
+    low, high = intervals[name]
+    return f"{_number(value, 4)} [{_number(low, 4)}, {_number(high, 4)}]"
+
+
+def summary_table(
     metrics: dict[str, dict[str, Any]],
     truth: dict[str, Any] | None,
-    baselines: dict[str, dict[str, float | None]],
+    reference: dict[str, dict[str, float | None]],
 ) -> str:
+    """The printed comparison: errors, constants with 95% intervals, cost, and a verdict."""
     header = (
         "model",
         "train MSE",
         "held-out MSE",
         "extrap. MSE",
-        "mu",
-        "g/L",
+        "mu [95%]",
+        "g/L [95%]",
         "NFE fwd",
         "NFE bwd",
         "time s",
+        "verdict",
     )
     rows = []
     for name, m in metrics.items():
@@ -179,11 +265,12 @@ def _summary_table(
                 _number(m["train_mse"]),
                 _number(m["heldout_mse"]),
                 _number(m["extrapolation_mse"]),
-                _number(m["mu"], 4),
-                _number(m["g_over_l"], 4),
+                _with_interval(m, "mu"),
+                _with_interval(m, "g_over_l"),
                 str(m["nfe_forward"]),
                 str(m["nfe_backward"]),
                 f"{m['seconds']:.1f}",
+                "POOR (see warnings)" if m.get("flags") else "ok",
             )
         )
     if truth is not None:
@@ -195,18 +282,16 @@ def _summary_table(
                 _number(truth["extrapolation_mse"]),
                 _number(truth["mu"], 4),
                 _number(truth["g_over_l"], 4),
-                "—",
-                "—",
-                "—",
+                *("—",) * 4,
             )
         )
     for name, label in (("last_value", "last value"), ("rest", "rest (theta=0)")):
-        rows.append((label, "—", "—", _number(baselines[name]["extrapolation_mse"]), *("—",) * 5))
+        rows.append((label, "—", "—", _number(reference[name]["extrapolation_mse"]), *("—",) * 6))
     widths = [max(len(row[k]) for row in (header, *rows)) for k in range(len(header))]
     line = lambda row: (
         "| "
         + " | ".join(
-            cell.ljust(width) if k == 0 else cell.rjust(width)
+            cell.ljust(width) if k in (0, len(row) - 1) else cell.rjust(width)
             for k, (cell, width) in enumerate(zip(row, widths, strict=True))
         )
         + " |"
@@ -233,7 +318,7 @@ def _field_of(model: TrajectoryModel):
     return field
 
 
-def _write_plots(out: Path, fits: list[_Fit], experiment: _Experiment) -> list[Path]:
+def write_plots(out: Path, fits: list[TrainedModel], experiment: Experiment) -> list[Path]:
     from ..plot import plot_phase_portrait, plot_training_history, plot_trajectories
 
     train = experiment.train
@@ -275,32 +360,18 @@ def _write_plots(out: Path, fits: list[_Fit], experiment: _Experiment) -> list[P
             {fitted.name: _field_of(fitted.model) for fitted in fits},
             reference=experiment.truth,
             trajectories=phase_states,
+            trajectory_label="observed trajectories"
+            if train.fully_observed
+            else f"{phase_model.name} model's rollouts of the first {shown} trajectories",
             theta_range=(-extent_theta, extent_theta),
             omega_range=(-extent_omega, extent_omega),
         )
     )
     paths.append(
         plot_training_history(
-            out / "training.png", {fitted.name: fitted.history() for fitted in fits}
+            out / "training.png",
+            {fitted.name: fitted.history() for fitted in fits},
+            stages={fitted.name: fitted.stage_boundaries() for fitted in fits},
         )
     )
     return paths
-
-
-# ----------------------------------------------------------------------------- files
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    """Write JSON atomically: a temporary file in the same directory, then ``os.replace``."""
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(content, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise

@@ -501,7 +501,7 @@ def test_evaluate_rejects_weights_of_another_architecture(tmp_path, capsys):
         (["--rtol", "-1"], "--rtol must be positive"),
         (["--subset", "0"], "--subset must be at least 1"),
         (["--evaluate", "/no/such/weights.pt"], "no weights file at /no/such/weights.pt"),
-        (["--resume", "/no/such/checkpoint.pt"], "no checkpoint at /no/such/checkpoint.pt"),
+        (["--resume"], "no checkpoint at"),
     ],
 )
 def test_bad_options_exit_2_with_a_one_line_error(argv, message, capsys, tmp_path):

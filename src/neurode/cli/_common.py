@@ -1,4 +1,11 @@
-"""Pieces shared by the training subcommands (``cnf``, ``latent``).
+"""Pieces shared by the subcommands: one command-line convention for all of them.
+
+- :class:`HelpFormatter`: every option's default shown once, as
+  ``(default: X)``, unless its help already states it; descriptions printed as
+  written, paragraphs kept, no markup.
+- :func:`add_output_options`: ``--out``, ``--resume``, ``--overwrite`` and
+  ``--quiet`` (alias ``--no-progress``), the same in every command.
+- Argument checks that raise :class:`neurode.errors.NeurodeInputError` (exit 2).
 
 The leading underscore keeps this module out of the subcommand list.
 """
@@ -6,8 +13,8 @@ The leading underscore keeps this module out of the subcommand list.
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +22,11 @@ from ..api import method_names
 from ..errors import NeurodeInputError, UnknownMethodError
 
 __all__ = [
+    "HelpFormatter",
+    "add_output_options",
     "add_run_options",
+    "apply_quick",
+    "plain_text",
     "arguments_record",
     "require_at_least_one",
     "require_method",
@@ -24,11 +35,88 @@ __all__ = [
 ]
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Paragraphs of the description kept as written; each default shown once.
+
+    An option's default is appended as ``(default: X)`` unless its help
+    already mentions a default, the option is a flag, or its default is None.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.default is None
+            or isinstance(action.default, bool)
+            or action.default is argparse.SUPPRESS
+            or "default" in text
+            or not action.option_strings
+        ):
+            return text
+        default = action.default
+        if isinstance(default, list | tuple):
+            default = " ".join(str(value) for value in default)
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+_MARKUP = (
+    (re.compile(r":(?:math|class|func|mod|meth|attr|data):`~?([^`]*)`"), r"\1"),
+    (re.compile(r"``([^`]*)``"), r"\1"),
+    (
+        re.compile(r"\\(theta|omega|mu|tau)"),
+        lambda m: {"theta": "θ", "omega": "ω", "mu": "μ", "tau": "τ"}[m.group(1)],
+    ),
+)
+
+
+def plain_text(docstring: str) -> str:
+    """A module docstring as ``--help`` shows it: no reStructuredText markup, no literal blocks."""
+    text = docstring.strip()
+    for pattern, replacement in _MARKUP:
+        text = pattern.sub(replacement, text)
+    return text.replace("::\n", ":\n")
+
+
+def add_output_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    command: str,
+    *,
+    out_described: str | None = None,
+) -> None:
+    """``--out`` (default ``runs/COMMAND``), ``--resume``, ``--overwrite``, ``--quiet``.
+
+    With ``out_described`` the default of ``--out`` is None (the command picks
+    the folder) and the help names it as given.
+    """
+    help_text = "output folder; it must not hold another run unless --resume or --overwrite"
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None if out_described else Path("runs") / command,
+        help=help_text + (f" (default {out_described})" if out_described else ""),
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out (with the same settings)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run in --out (its checkpoints, metrics and figures) and start over",
+    )
+    parser.add_argument(
+        "--quiet",
+        "--no-progress",
+        dest="quiet",
+        action="store_true",
+        help="no progress bars (--no-progress is the same)",
+    )
+
+
 def add_run_options(parser: argparse.ArgumentParser, command: str, run: Any) -> None:
-    """``--seed``, ``--out`` (default ``runs/COMMAND``), ``--no-progress``; ``run`` as handler."""
+    """``--seed``, the output options of :func:`add_output_options`; ``run`` as handler."""
     parser.add_argument("--seed", type=int, default=0, help="seed of data and initialisation")
-    parser.add_argument("--out", type=Path, default=Path("runs") / command, help="output folder")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_output_options(parser, command)
     parser.set_defaults(run=run)
 
 
@@ -66,7 +154,15 @@ def arguments_record(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_metrics(out: Path, metrics: dict[str, Any]) -> Path:
-    """Writes ``metrics`` to ``out/metrics.json`` and returns that path."""
-    path = out / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2))
-    return path
+    """Writes ``metrics`` to ``out/metrics.json`` atomically and returns that path."""
+    from ..train.files import write_json_atomically
+
+    return write_json_atomically(out / "metrics.json", metrics)
+
+
+def apply_quick(args: argparse.Namespace, quick: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Fill the options left unset (None): from ``quick`` with ``--quick``, else ``defaults``."""
+    chosen = quick if getattr(args, "quick", False) else defaults
+    for name, default in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, chosen.get(name, default))

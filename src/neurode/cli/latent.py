@@ -27,8 +27,13 @@ Writes ``metrics.json`` (arguments, per-model errors, timings, loss history),
 and plots to ``--out``: posterior samples of the latent ODE over the
 observations and the extrapolation, with the baselines' predictions.
 
+``--quick`` trains fewer series for fewer epochs (a few minutes on two CPU
+cores). Every epoch of every model is checkpointed; ``--resume`` continues an
+interrupted run.
+
 Examples::
 
+    neurode latent --dataset spirals --quick
     neurode latent --dataset spirals
     neurode latent --dataset spirals --n-obs 30 50 100 --epochs 300 --train-size 1000
     neurode latent --dataset pendulum --missing 0.3
@@ -54,9 +59,13 @@ from ..models.ode_rnn import ODERNN
 from ..models.rnn_baseline import TimeGapGRU
 from ..models.sequence_predictor import SequencePredictor
 from ..train.progress import ProgressBar
+from ..train.run_folder import RunFolder
 from ._common import (
+    HelpFormatter,
     add_run_options,
+    apply_quick,
     arguments_record,
+    plain_text,
     require_at_least_one,
     require_method,
     require_positive,
@@ -78,16 +87,26 @@ _PENDULUM_SPAN = 10.0
 _GRADIENT_CLIP = 10.0
 _PLOTTED_SERIES = 3
 _PLOTTED_SAMPLES = 5
+_DEFAULTS = {"epochs": 60, "train_size": 500}
+# --quick: 40% of the series, half the epochs (measured times in the README).
+QUICK = {"epochs": 30, "train_size": 200}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "latent",
         help="latent ODE vs ODE-RNN vs RNN on irregular spirals or pendulum series",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain_text(__doc__),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--dataset", choices=DATASETS, default="spirals", help="experiment")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few minutes' run: "
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items())
+        + " unless given",
+    )
     parser.add_argument(
         "--models",
         nargs="+",
@@ -109,8 +128,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=0.2,
         help="pendulum: probability that an observed value is missing (per feature)",
     )
-    parser.add_argument("--epochs", type=int, default=60, help="passes over the training series")
-    parser.add_argument("--train-size", type=int, default=500, help="training series")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="passes over the training series (default 60)"
+    )
+    parser.add_argument(
+        "--train-size", type=int, default=None, help="training series (default 500)"
+    )
     parser.add_argument("--test-size", type=int, default=100, help="test series")
     parser.add_argument("--batch-size", type=int, default=100, help="series per iteration")
     parser.add_argument(
@@ -156,6 +179,7 @@ class _Task:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
+    apply_quick(args, QUICK, _DEFAULTS)
     require_at_least_one(
         args, ("epochs", "test_size", "batch_size", "latent_dim", "hidden", "width")
     )
@@ -282,25 +306,46 @@ def _training_loss(name: str, model: nn.Module, task: _Task, index: torch.Tensor
 
 
 def _train(
-    name: str, model: nn.Module, task: _Task, args: argparse.Namespace, progress: ProgressBar
-) -> list[float]:
+    name: str,
+    model: nn.Module,
+    task: _Task,
+    args: argparse.Namespace,
+    progress: ProgressBar,
+    folder: RunFolder,
+) -> tuple[list[float], float]:
+    """Train one model; every epoch is checkpointed, and a checkpoint is resumed from."""
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.1 ** (1 / args.epochs))
-    history = []
-    for _ in range(args.epochs):
+    batches = math.ceil(task.n_train / args.batch_size)
+    key = f"n{task.n_obs}-{name}.pt"
+    history, start_epoch, seconds = [], 0, 0.0
+    saved = folder.load_state(key, model=model, optimizer=optimizer, schedule=schedule)
+    if saved is not None:
+        history, start_epoch, seconds = saved["history"], saved["epoch"], saved["seconds"]
+        progress.update(start_epoch * batches, model=name)
+    for epoch in range(start_epoch, args.epochs):
+        started = time.perf_counter()
         order = torch.randperm(task.n_train)
-        total, batches = 0.0, 0
+        total = 0.0
         for first in range(0, task.n_train, args.batch_size):
             loss = _training_loss(name, model, task, order[first : first + args.batch_size])
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), _GRADIENT_CLIP)
             optimizer.step()
-            total, batches = total + float(loss.detach()), batches + 1
+            total += float(loss.detach())
             progress.update(1, model=name, loss=f"{float(loss.detach()):.3f}")
         schedule.step()
         history.append(total / batches)
-    return history
+        seconds += time.perf_counter() - started
+        folder.save_state(
+            key,
+            {"epoch": epoch + 1, "history": history, "seconds": seconds},
+            model=model,
+            optimizer=optimizer,
+            schedule=schedule,
+        )
+    return history, seconds
 
 
 def _predict(name: str, model: nn.Module, task: _Task, index: torch.Tensor) -> torch.Tensor:
@@ -327,23 +372,34 @@ def _errors(prediction: torch.Tensor, truth: torch.Tensor, window: int) -> dict[
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     models = args.models or _DEFAULT_MODELS[args.dataset]
-    args.out.mkdir(parents=True, exist_ok=True)
+    settings = arguments_record(args)
+    for key in ("out", "resume", "overwrite", "quiet"):
+        settings.pop(key)
+    outputs = ("metrics.json", *(f"{args.dataset}_n{n_obs}.png" for n_obs in args.n_obs))
+    with RunFolder(
+        args.out, "latent", settings, resume=args.resume, overwrite=args.overwrite, outputs=outputs
+    ) as folder:
+        _run(args, models, folder)
+        folder.finish()
+    return 0
+
+
+def _run(args: argparse.Namespace, models: list[str], folder: RunFolder) -> None:
     make_task = _spiral_task if args.dataset == "spirals" else _pendulum_task
     tasks = [make_task(args, n_obs) for n_obs in args.n_obs]
     iterations = (
         len(tasks) * len(models) * args.epochs * math.ceil(args.train_size / args.batch_size)
     )
-    progress = ProgressBar(iterations, description=args.dataset, enabled=not args.no_progress)
+    progress = ProgressBar(iterations, description=args.dataset, enabled=not args.quiet)
     results: list[dict[str, Any]] = []
+    trained_per_task = []
     for task in tasks:
         test = torch.arange(task.n_train, task.clean.shape[0])
         trained: dict[str, nn.Module] = {}
         for name in models:
             torch.manual_seed(args.seed)
             model = _build_model(name, args, task)
-            start = time.perf_counter()
-            history = _train(name, model, task, args, progress)
-            seconds = time.perf_counter() - start
+            history, seconds = _train(name, model, task, args, progress, folder)
             errors = _errors(_predict(name, model, task, test), task.clean[test], task.window)
             results.append(
                 {
@@ -356,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
             trained[name] = model
-        _plot(task, trained, test[:_PLOTTED_SERIES], args)
+        trained_per_task.append((task, trained, test[:_PLOTTED_SERIES]))
     progress.close()
     metrics = {
         "dataset": args.dataset,
@@ -365,10 +421,11 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.dataset == "spirals":
         metrics["paper_rmse"] = _PAPER_SPIRAL_RMSE
-    metrics_path = write_metrics(args.out, metrics)
+    metrics_path = write_metrics(args.out, metrics)  # first: drawing may fail (a full disk)
     _print_table(results, args.dataset)
+    for task, trained, shown in trained_per_task:
+        _plot(task, trained, shown, args)
     print(f"wrote {metrics_path} and plots")
-    return 0
 
 
 def _print_table(results: list[dict[str, Any]], dataset: str) -> None:
@@ -398,10 +455,13 @@ def _print_table(results: list[dict[str, Any]], dataset: str) -> None:
 def _plot(
     task: _Task, models: dict[str, nn.Module], index: torch.Tensor, args: argparse.Namespace
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Test series with the models' predictions; one legend for the whole figure."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        print(f"neurode latent: plots skipped: {error}")
+        return
+    from ..train.files import write_atomically
 
     samples = None
     if "latent_ode" in models:
@@ -418,54 +478,69 @@ def _plot(
         if name != "latent_ode"
     }
     spirals = args.dataset == "spirals"
-    figure, axes = plt.subplots(1, len(index), figsize=(4.2 * len(index), 4))
-    axes = [axes] if len(index) == 1 else list(axes)
+    figure = Figure(figsize=(4.2 * len(index), 4.6), layout="constrained")
+    axes = list(figure.subplots(1, len(index), squeeze=False)[0])
+    handles: dict[str, Any] = {}
+
+    def keep(label: str, artist: Any) -> None:
+        handles.setdefault(label, artist)
+
     for column, (axis, series) in enumerate(zip(axes, index.tolist(), strict=True)):
         observed = task.mask[series, :, 0] > 0
         if spirals:
-            axis.plot(*task.clean[series].T, color="0.6", lw=1, label="truth")
-            axis.scatter(*task.noisy[series, observed].T, s=8, color="k", label="observed")
+            (line,) = axis.plot(*task.clean[series].T, color="0.6", lw=1)
+            keep("true spiral", line)
+            keep("observations", axis.scatter(*task.noisy[series, observed].T, s=8, color="k"))
         else:
-            axis.plot(task.times, task.clean[series, :, 0], color="0.6", lw=1, label="truth θ")
-            axis.scatter(
-                task.times[observed],
-                task.noisy[series, observed, 0],
-                s=8,
-                color="k",
-                label="observed θ",
+            (line,) = axis.plot(task.times, task.clean[series, :, 0], color="0.6", lw=1)
+            keep("true θ", line)
+            keep(
+                "observed θ",
+                axis.scatter(task.times[observed], task.noisy[series, observed, 0], s=8, color="k"),
             )
-            axis.axvline(float(task.times[task.window]), color="0.8", ls=":")
+            keep(
+                "end of the observed window",
+                axis.axvline(float(task.times[task.window]), color="0.6", ls=":"),
+            )
         if samples is not None:
             for k in range(samples.shape[0]):
                 trajectory = samples[k, column]
-                axis.plot(
+                (line,) = axis.plot(
                     *(trajectory.T if spirals else (task.times, trajectory[:, 0])),
                     color="C0",
                     lw=0.8,
                     alpha=0.6,
-                    label="latent ODE samples" if k == 0 else None,
                 )
+            keep(f"latent ODE, {samples.shape[0]} posterior samples", line)
         for j, (name, prediction) in enumerate(baselines.items()):
-            axis.plot(
+            (line,) = axis.plot(
                 *(prediction[column].T if spirals else (task.times, prediction[column, :, 0])),
                 color=f"C{j + 1}",
                 lw=1,
                 ls="--",
-                label=name,
             )
+            keep(name.replace("_", "-").upper() if name == "rnn" else "ODE-RNN", line)
         if spirals:
             end = task.clean[series, task.window]
-            axis.scatter(
-                [float(end[0])],
-                [float(end[1])],
-                marker="x",
-                color="r",
-                label="extrapolation starts",
+            keep(
+                "extrapolation starts",
+                axis.scatter([float(end[0])], [float(end[1])], marker="x", color="r", zorder=4),
             )
             axis.set_aspect("equal")
-        axis.set_title(f"test series {series}")
-    axes[0].legend(fontsize=7)
+            axis.set_xlabel("x₁")
+            axis.set_ylabel("x₂")
+        else:
+            axis.set_xlabel("t (s)")
+            axis.set_ylabel("θ (rad)")
+        axis.set_title(f"test series {series}", fontsize=10)
     figure.suptitle(task.label)
-    figure.tight_layout()
-    figure.savefig(args.out / f"{args.dataset}_n{task.n_obs}.png", dpi=100)
-    plt.close(figure)
+    figure.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncols=min(len(handles), 4),
+        fontsize=8,
+        frameon=False,
+    )
+    path = args.out / f"{args.dataset}_n{task.n_obs}.png"
+    write_atomically(path, lambda handle: figure.savefig(handle, format="png", dpi=100))

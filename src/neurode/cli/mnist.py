@@ -5,13 +5,15 @@ rate 0.1 divided by 10 after 60/160, 100/160 and 140/160 of the run (the
 paper's 160-epoch schedule scaled to ``--epochs``), or a one-cycle schedule.
 After every epoch the model is evaluated on the test set and the run state —
 model, optimiser, schedule, random states of every process, history — is
-written atomically to ``OUT/checkpoint.pt``, the weights alone to
-``OUT/weights.pt``, the history to ``OUT/metrics.json`` and a plot of accuracy
-and function evaluations per epoch to ``OUT/metrics.png``. ``--resume``
-continues from the checkpoint and reproduces the uninterrupted run.
+written atomically to ``OUT/checkpoint.pt`` (its SHA-256 recorded in
+``OUT/run.json``), the weights alone to ``OUT/weights.pt``, the history to
+``OUT/metrics.json`` and a plot of accuracy and function evaluations per epoch
+to ``OUT/metrics.png``. ``--resume`` continues from the checkpoint (after
+checking its digest) and reproduces the uninterrupted run; a folder holding
+another run is refused unless ``--resume`` or ``--overwrite``.
 
 ``--evaluate WEIGHTS`` loads a state dict (or a checkpoint) and reports the
-error on the 10,000 test images.
+error on the 10,000 test images, with a progress bar.
 
 Under ``torchrun --nproc_per_node N`` the same command trains with
 DistributedDataParallel (see :mod:`neurode.train.distributed`); ``--batch-size``
@@ -68,9 +70,11 @@ from ..train.distributed import (
     wrap_model,
 )
 from ..train.progress import ProgressBar
+from ..train.run_folder import RunFolder
 
 __all__ = ["add_parser", "build_model", "evaluate", "run", "train"]
 
+from ._common import HelpFormatter, add_output_options, plain_text
 from ._mnist_outputs import _plot_history, _write_atomic
 from ._mnist_schedules import _make_scheduler
 
@@ -87,12 +91,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "mnist",
         help="train or evaluate ResNet / RK-Net / ODE-Net on MNIST",
-        description="Train or evaluate ResNet, RK-Net and ODE-Net (Chen et al. 2018) on MNIST.",
+        description=plain_text(__doc__),
+        formatter_class=HelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model", choices=MODELS, default="odenet", help="architecture (default %(default)s)"
-    )
+    model.add_argument("--model", choices=MODELS, default="odenet", help="architecture")
     model.add_argument(
         "--solver",
         default=None,
@@ -118,28 +121,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
 
     training = parser.add_argument_group("training")
-    training.add_argument(
-        "--epochs", type=int, default=160, help="training epochs (default %(default)s)"
-    )
+    training.add_argument("--epochs", type=int, default=160, help="training epochs")
     training.add_argument(
         "--batch-size",
         type=int,
         default=128,
-        help="images per iteration and process (default %(default)s)",
+        help="images per iteration and process",
     )
-    training.add_argument(
-        "--lr", type=float, default=0.1, help="peak learning rate (default %(default)s)"
-    )
+    training.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
     training.add_argument(
         "--schedule",
         choices=SCHEDULES,
         default="step",
         help="step: x0.1 at 60/100/140 of 160 epochs, scaled to --epochs; onecycle: warm-up "
-        "then anneal (default %(default)s)",
+        "then anneal",
     )
-    training.add_argument(
-        "--weight-decay", type=float, default=0.0, help="SGD weight decay (default %(default)s)"
-    )
+    training.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay")
     training.add_argument(
         "--augment", action="store_true", help="shift training images by up to 2 pixels"
     )
@@ -148,7 +145,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="bfloat16 autocast for the down-sampling and the head (never the ODE block)",
     )
-    training.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    training.add_argument("--seed", type=int, default=0, help="random seed")
     training.add_argument(
         "--stop-after",
         type=int,
@@ -177,36 +174,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--eval-batch-size",
         type=int,
         default=1000,
-        help="images per evaluation batch (default %(default)s)",
+        help="images per evaluation batch",
     )
-    data.add_argument(
-        "--num-workers", type=int, default=0, help="data-loading processes (default %(default)s)"
-    )
+    data.add_argument("--num-workers", type=int, default=0, help="data-loading processes")
 
     run_group = parser.add_argument_group("run")
     run_group.add_argument(
         "--device",
         default="auto",
-        help="auto (default), cpu, cuda or cuda:N; under torchrun, cuda is one GPU per process",
+        help="auto, cpu, cuda or cuda:N; under torchrun, cuda is one GPU per process",
     )
-    run_group.add_argument("--out", default=None, help="output folder (default runs/mnist-MODEL)")
-    run_group.add_argument(
-        "--resume",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="CHECKPOINT",
-        help="continue from CHECKPOINT (default OUT/checkpoint.pt)",
-    )
+    add_output_options(run_group, "mnist", out_described="runs/mnist-MODEL")
     run_group.add_argument(
         "--evaluate",
         default=None,
         metavar="WEIGHTS",
         help="only report the test error of these weights (a state dict or a checkpoint)",
     )
-    run_group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=run)
     return parser
+
+
+# Options that decide the trained weights: a resumed run must keep them.
+_RUN_SETTINGS = (
+    "model", "solver", "gradient", "rtol", "atol", "steps", "t1", "epochs", "batch_size", "lr",
+    "schedule", "weight_decay", "augment", "amp", "seed", "subset", "test_subset",
+)  # fmt: skip
+_OUTPUTS = ("metrics.json", "metrics.png", "weights.pt", "checkpoint.pt")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -215,6 +209,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.evaluate is not None:
             _run_evaluation(args, context)
+        elif context.is_main:
+            settings = {key: getattr(args, key) for key in _RUN_SETTINGS}
+            with RunFolder(
+                _out_dir(args),
+                "mnist",
+                settings,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                outputs=_OUTPUTS,
+            ) as folder:
+                train(args, context, folder)
+                folder.finish()
         else:
             train(args, context)
     finally:
@@ -230,9 +236,7 @@ def _out_dir(args: argparse.Namespace) -> Path:
 
 
 def _resume_path(args: argparse.Namespace) -> Path | None:
-    if args.resume is None:
-        return None
-    return Path(args.resume) if args.resume else _out_dir(args) / "checkpoint.pt"
+    return _out_dir(args) / "checkpoint.pt" if args.resume else None
 
 
 def _require(condition: bool, message: str) -> None:
@@ -302,7 +306,8 @@ def _validate(args: argparse.Namespace) -> None:
     out = _out_dir(args)
     _require(not out.exists() or out.is_dir(), f"--out {out} exists and is not a folder")
     if args.evaluate is not None:
-        _require(args.resume is None, "--evaluate and --resume cannot be combined")
+        _require(not args.resume, "--evaluate and --resume cannot be combined")
+        _require(not args.overwrite, "--evaluate writes nothing; --overwrite does not apply")
         if not Path(args.evaluate).is_file():
             raise FileNotFoundError(f"--evaluate: no weights file at {args.evaluate}")
     resume = _resume_path(args)
@@ -362,11 +367,13 @@ def evaluate(
     batch_size: int,
     context: DistributedContext,
     num_workers: int = 0,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Loss, accuracy, error and mean forward NFE per batch on ``dataset``.
 
     Each rank evaluates a disjoint share of the images; the sums are
-    all-reduced, so every image counts exactly once.
+    all-reduced, so every image counts exactly once. ``progress`` shows a bar
+    over this rank's batches.
     """
     model = unwrap_model(model)
     was_training = model.training
@@ -374,6 +381,7 @@ def evaluate(
     shard = Subset(dataset, shard_indices(len(dataset), context))
     loader = mnist_loader(shard, batch_size, num_workers=num_workers)
     loss_sum = correct = count = nfe = batches = 0.0
+    bar = ProgressBar(len(loader), description="evaluate", enabled=progress)
     for images, labels in loader:
         images = images.to(context.device, non_blocking=True)
         labels = labels.to(context.device, non_blocking=True)
@@ -383,6 +391,8 @@ def evaluate(
         count += labels.numel()
         nfe += model.nfe_forward
         batches += 1
+        bar.update(1, error=f"{100 * (1 - correct / count):.2f}%")
+    bar.close()
     model.train(was_training)
     loss_sum, correct, count, nfe, batches = all_reduce_sum(
         [loss_sum, correct, count, nfe, batches], context
@@ -401,7 +411,11 @@ def _load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise NeurodeInputError(f"cannot read weights {path}: {error}") from error
+        # torch's message spans lines; it is kept whole, on one line.
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise NeurodeInputError(
+            f"cannot read weights {path}: not a PyTorch state dict or checkpoint ({reason})"
+        ) from error
     if isinstance(record, dict) and isinstance(record.get("model"), dict):
         record = record["model"]
     if not isinstance(record, dict) or not all(
@@ -417,9 +431,7 @@ def _run_evaluation(args: argparse.Namespace, context: DistributedContext) -> di
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise NeurodeInputError(
-            f"{args.evaluate} does not fit --model {args.model}: {str(error).splitlines()[0]}"
-        ) from error
+        raise NeurodeInputError(_mismatch(args, model, state)) from error
     model.to(context.device)
     test_set = MNIST("test", args.data_dir, subset=args.test_subset, download=not args.no_download)
     result = evaluate(
@@ -428,6 +440,7 @@ def _run_evaluation(args: argparse.Namespace, context: DistributedContext) -> di
         batch_size=args.eval_batch_size,
         context=context,
         num_workers=args.num_workers,
+        progress=context.is_main and not args.quiet,
     )
     if context.is_main:
         wrong = round(result["error"] * result["images"])
@@ -437,6 +450,56 @@ def _run_evaluation(args: argparse.Namespace, context: DistributedContext) -> di
             f"({wrong} of {result['images']} images wrong), loss {result['loss']:.4f}{nfe}"
         )
     return result
+
+
+def _mismatch(args: argparse.Namespace, model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """Why ``state`` does not load into ``model``, in full, and which --model it fits."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shapes = [
+        f"{key} {tuple(state[key].shape)} vs {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state and state[key].shape != value.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of the model's {len(expected)} tensors are missing")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensors belong to no layer of it")
+    if shapes:
+        problems.append(
+            f"{len(shapes)} have other shapes ({'; '.join(shapes[:3])}"
+            + (f"; and {len(shapes) - 3} more" if len(shapes) > 3 else "")
+            + ")"
+        )
+    fits = []
+    for name in MODELS:
+        candidate = build_model(
+            argparse.Namespace(
+                **{
+                    **vars(args),
+                    "model": name,
+                    "solver": None,
+                    "gradient": None,
+                    "rtol": None,
+                    "atol": None,
+                    "steps": None,
+                    "t1": None,
+                }
+            )
+        )
+        reference = candidate.state_dict()
+        if reference.keys() == state.keys() and all(
+            reference[key].shape == state[key].shape for key in reference
+        ):
+            fits.append(name)
+    hint = (
+        f"; these are weights of --model {' or '.join(fits)}: run with that"
+        if fits and args.model not in fits
+        else ""
+    )
+    return f"{args.evaluate} does not fit --model {args.model}: " + ", ".join(problems) + hint
 
 
 # --------------------------------------------------------------------------- training
@@ -517,9 +580,13 @@ def _train_epoch(
 
 
 def train(
-    args: argparse.Namespace, context: DistributedContext
+    args: argparse.Namespace, context: DistributedContext, folder: RunFolder | None = None
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """Train as the command does; return the trained model (unwrapped) and the history."""
+    """Train as the command does; return the trained model (unwrapped) and the history.
+
+    ``folder`` (the main process's locked run folder) records the checkpoint's
+    SHA-256 and checks it on resume.
+    """
     out = _out_dir(args)
     _seed_everything(args.seed)
     download = not args.no_download
@@ -554,7 +621,7 @@ def train(
     start_epoch = 0
     resume = _resume_path(args)
     if resume is not None:
-        start_epoch, history = _restore(resume, args, context, model, optimizer, scheduler)
+        start_epoch, history = _restore(resume, args, context, model, optimizer, scheduler, folder)
 
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -569,7 +636,7 @@ def train(
         args.epochs * iterations_per_epoch,
         initial=start_epoch * iterations_per_epoch,
         description=f"mnist {args.model}",
-        enabled=context.is_main and not args.no_progress,
+        enabled=context.is_main and not args.quiet,
     )
     with progress:
         for epoch in range(start_epoch, last_epoch):
@@ -596,7 +663,9 @@ def train(
                 seconds=time.perf_counter() - started,
             )
             history.append(record)
-            _save_epoch(args, context, out, model, optimizer, scheduler, history, parameters)
+            _save_epoch(
+                args, context, out, model, optimizer, scheduler, history, parameters, folder
+            )
             if context.is_main:
                 _print_epoch(record, args)
     return model, history
@@ -609,8 +678,9 @@ def _restore(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler,
+    folder: RunFolder | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, manifest=folder)
     saved = state.get("config", {})
     for key in ("model", "epochs", "batch_size", "schedule", "subset"):
         if key in saved and saved[key] != getattr(args, key):
@@ -635,6 +705,7 @@ def _save_epoch(
     scheduler,
     history: list[dict[str, Any]],
     parameters: int,
+    folder: RunFolder | None = None,
 ) -> None:
     """Checkpoint, weights, metrics and plot, written by rank 0 once all ranks arrive."""
     rng_states = gather_objects(capture_rng_state(), context)
@@ -650,6 +721,7 @@ def _save_epoch(
                 "history": history,
                 "config": _config(args),
             },
+            manifest=folder,
         )
         weights = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
         _write_atomic(out / "weights.pt", lambda handle: torch.save(weights, handle))

@@ -337,7 +337,7 @@ def test_fixed_grid_checkpoint_is_exact_and_backsolve_converges_at_fourth_order(
 def test_fixed_grid_backsolve_steps_the_reversed_forward_grid():
     func = TimeMLP(seed=6)
     steps = []
-    func.callback_accept_step_adjoint = lambda t, state, dt: steps.append((float(t), dt))
+    func.callback_step_adjoint = lambda t, state, dt: steps.append((float(t), dt))
     y0 = _random((2,), 20)
     t = torch.tensor([0.0, 0.35, 1.0], dtype=F64)
     _grads(

@@ -175,17 +175,15 @@ def test_options_are_passed_to_scipy():
 
 
 # ---------------------------------------------------------------------------- errors
-def test_gradient_through_scipy_is_a_typed_error_before_any_evaluation():
-    calls = []
-
-    def f(t, y):
-        calls.append(t)
-        return -y
-
-    y0 = torch.ones(2, requires_grad=True)
+def test_inputs_requiring_grad_solve_forward_and_only_backward_raises():
+    """torchdiffeq's semantics: the forward solve works, a backward through it cannot."""
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    ys = neurode.odeint(lambda t, y: -y, y0, t, method="scipy_solver", rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ys[-1].detach(), torch.full((2,), math.exp(-1.0), dtype=ys.dtype))
+    assert ys.requires_grad
     with pytest.raises(GradientUnavailableError, match="scipy_solver.*dopri5"):
-        neurode.odeint(f, y0, torch.tensor([0.0, 1.0]), method="scipy_solver")
-    assert calls == []
+        ys.sum().backward()
     assert issubclass(GradientUnavailableError, NeurodeInputError)
 
 
@@ -198,22 +196,32 @@ class _LinearField(torch.nn.Module):
         return self.layer(y)
 
 
-def test_module_parameters_requiring_grad_are_an_error_unless_grad_is_off():
-    field = torch.nn.Linear(2, 2)
+def test_module_parameters_and_times_requiring_grad_only_fail_on_backward():
+    module = _LinearField(torch.nn.Linear(2, 2))
     y0 = torch.ones(1, 2)
-    t = torch.tensor([0.0, 1.0])
-    module = _LinearField(field)
-    with pytest.raises(GradientUnavailableError):
-        neurode.odeint(module, y0, t, method="scipy_solver")
-    with torch.no_grad():
-        ys = neurode.odeint(module, y0, t, method="scipy_solver")
-    assert ys.shape == (2, 1, 2)
-
-
-def test_time_gradient_is_an_error():
     t = torch.tensor([0.0, 1.0], requires_grad=True)
+    ys = neurode.odeint(module, y0, t, method="scipy_solver")
+    assert ys.shape == (2, 1, 2)
     with pytest.raises(GradientUnavailableError):
-        neurode.odeint(lambda t, y: -y, torch.ones(2), t, method="scipy_solver")
+        ys.sum().backward()
+    with torch.no_grad():
+        assert not neurode.odeint(module, y0, t, method="scipy_solver").requires_grad
+
+
+def test_the_adjoint_solves_its_backward_system_with_scipy_too():
+    torch.manual_seed(0)
+    module = _LinearField(torch.nn.Linear(2, 2).double())
+    y0 = torch.tensor([[1.0, -0.5]], dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    options = {"solver": "DOP853"}
+    ys = neurode.odeint_adjoint(
+        module, y0, t, method="scipy_solver", options=options, rtol=1e-10, atol=1e-12
+    )
+    got = torch.autograd.grad(ys.pow(2).sum(), tuple(module.parameters()))
+    ys = neurode.odeint(module, y0, t, rtol=1e-10, atol=1e-12)
+    expected = torch.autograd.grad(ys.pow(2).sum(), tuple(module.parameters()))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import torch
 
 from . import gradients
 from .errors import (
+    InvalidOptionError,
     InvalidTimesError,
     NonFiniteInputError,
     StructureMismatchError,
@@ -168,6 +169,7 @@ class _Prepared:
             grid_constructor_args=lambda: (self.problem.vector_field, state, t_solver_tensor),
             reversed_time=self.reversed,
         )
+        self.problem.callbacks = self.problem.method.supported_callbacks(self.problem.callbacks)
 
     def unflatten(self, ys: torch.Tensor) -> Tensors:
         return ys if self.layout is None else self.layout.unflatten(ys)
@@ -283,12 +285,25 @@ def odeint(
     return solve(func, y0, t, method=method, rtol=rtol, atol=atol, options=options).ys
 
 
-def _odeint_until_event(func, y0, t, rtol, atol, method, options, event_fn):
+def _odeint_until_event(
+    func, y0, t, rtol, atol, method, options, event_fn, *, adjoint_kwargs=None, params=None
+):
+    """``(event_t, solution)`` as torchdiffeq's ``odeint(..., event_fn=...)`` returns them.
+
+    ``solution`` holds ``y(t0)`` and the state at the event, differentiable with respect
+    to ``y0``, ``t0`` and the parameters as if the event time were fixed (the event
+    time's own dependence is added by :func:`odeint_event`). With ``adjoint_kwargs``
+    that state is differentiated by the backsolve adjoint over ``[t0, t_event]``.
+    """
     prepared = _Prepared(func, y0, t, rtol, atol, method, options)
     problem = prepared.problem
-    if problem.method.kind != "adaptive":
-        raise UnknownMethodError(
-            f"events need an adaptive method (e.g. dopri5), not {problem.method.name!r}"
+    spec = problem.method
+    if spec.kind == "custom":
+        raise UnknownMethodError(f"events are not available with method {spec.name!r}")
+    if spec.kind == "fixed" and spec.fixed.step_size is None:
+        raise InvalidOptionError(
+            f"events with the fixed-grid method {spec.name!r} need options={{'step_size': h}}: "
+            "the grid has no end to be built from"
         )
     layout = prepared.layout
 
@@ -296,9 +311,36 @@ def _odeint_until_event(func, y0, t, rtol, atol, method, options, event_fn):
         state = y if layout is None else layout.unflatten(y)
         return event_fn(problem.time_tensor(s), state)
 
-    trajectory = problem.integrate(prepared.state, prepared.t_solver[:1], event_fn=solver_event_fn)
+    start, t0 = prepared.state, prepared.t[0]
+    if adjoint_kwargs is None:
+        if t0.requires_grad and torch.is_grad_enabled():
+            # dy(t_e)/dt0 = -Φ(t_e, t0) f(t0, y0): a zero shift of y0 that carries it.
+            start = start - (t0 - t0.detach()) * problem.call_user(t0, start)
+        trajectory = problem.integrate(start, prepared.t_solver[:1], event_fn=solver_event_fn)
+        event_state = trajectory.event_state
+    else:
+        with torch.no_grad():
+            trajectory = problem.integrate(
+                start.detach(), prepared.t_solver[:1], event_fn=solver_event_fn
+            )
+        end = problem.time_tensor(trajectory.event_time).to(prepared.t.dtype)
+        span = torch.stack([t0, end])
+        solution = solve(
+            func,
+            y0,
+            span,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            options=options,
+            gradient="backsolve",
+            gradient_options=adjoint_kwargs,
+            params=params,
+        )
+        last = solution.ys[-1] if layout is None else tuple(m[-1] for m in solution.ys)
+        event_state = last if layout is None else layout.flatten(last)
     event_t = problem.time_tensor(trajectory.event_time).to(prepared.t.dtype)
-    ys = torch.stack([prepared.state, trajectory.event_state])
+    ys = torch.stack([prepared.state, event_state])
     return event_t, prepared.unflatten(ys)
 
 
@@ -324,24 +366,25 @@ def odeint_adjoint(
             "func must be an nn.Module when adjoint_params is not given, so that its "
             "parameters can be found; or pass adjoint_params=(...)"
         )
-    if event_fn is not None:
-        return odeint_event(
-            func,
-            y0,
-            t[0] if isinstance(t, torch.Tensor) else t,
-            event_fn=event_fn,
-            odeint_interface=odeint,
-            rtol=rtol,
-            atol=atol,
-            method=method,
-            options=options,
-        )
     gradient_options = {
         "adjoint_rtol": rtol if adjoint_rtol is None else adjoint_rtol,
         "adjoint_atol": atol if adjoint_atol is None else adjoint_atol,
         "adjoint_method": method if adjoint_method is None else adjoint_method,
         "adjoint_options": adjoint_options,
     }
+    if event_fn is not None:
+        return _odeint_until_event(
+            func,
+            y0,
+            t,
+            rtol,
+            atol,
+            method,
+            options,
+            event_fn,
+            adjoint_kwargs=gradient_options,
+            params=adjoint_params,
+        )
     return solve(
         func,
         y0,

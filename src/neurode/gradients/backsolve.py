@@ -325,8 +325,8 @@ class _Backsolve:
         self.layout = _AugmentedLayout(problem.state_shape, params)
         self.time_grad = t.requires_grad
         self.dynamics = _AugmentedDynamics(problem, self.layout, params, self.time_grad)
-        self.callbacks = self._adjoint_callbacks()
         self._configure(options, y0)
+        self.callbacks = self.spec.supported_callbacks(self._adjoint_callbacks(), "_adjoint")
 
     # .................................................................. configuration
     def _configure(self, options: dict[str, Any], y0: torch.Tensor) -> None:

@@ -5,9 +5,11 @@ state at fixed time moves it by
 
     δt_e = -(∂g/∂y · δy) / (∂g/∂t + ∂g/∂y · f(t_e, y_e)),
 
-and the state returned at the event moves with it, ``δy_e = δy + f δt_e``. The
-backward pass below applies the transpose of this map to the incoming gradients,
-and autograd carries the result on through the solve that produced ``y(t_e)``.
+and the state returned at the event moves with it, ``δy_e = δy + f δt_e``; a change
+``δθ`` of the event function's own parameters moves it by ``-(∂g/∂θ · δθ)`` over the
+same denominator. The backward pass below applies the transpose of this map to the
+incoming gradients, and autograd carries the result on through the solve that
+produced ``y(t_e)`` (to ``y0``, ``t0`` and the parameters of ``func``).
 """
 
 from __future__ import annotations
@@ -18,32 +20,36 @@ from typing import Any
 import torch
 
 from ..integrate.tuple_state import TupleLayout
+from .captured import captured_tensors
 
 
 class _EventTimeGradient(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, func, event_fn, event_t, state_t):
+    def forward(ctx, func, event_fn, event_t, state_t, *params):
         ctx.func = func
         ctx.event_fn = event_fn
-        ctx.save_for_backward(event_t, state_t)
+        ctx.save_for_backward(event_t, state_t, *params)
         return event_t.detach().clone(), state_t.detach().clone()
 
     @staticmethod
     def backward(ctx, grad_t, grad_state):
-        event_t, state_t = ctx.saved_tensors
+        event_t, state_t, *params = ctx.saved_tensors
         with torch.enable_grad():
             t = event_t.detach().requires_grad_(True)
             y = state_t.detach().requires_grad_(True)
             g = ctx.event_fn(t, y)
-            dg_dt, dg_dy = torch.autograd.grad(g.sum(), (t, y), allow_unused=True)
-        dg_dt = torch.zeros_like(t) if dg_dt is None else dg_dt
-        dg_dy = torch.zeros_like(y) if dg_dy is None else dg_dy
+            grads = torch.autograd.grad(g.sum(), (t, y, *params), allow_unused=True)
+        dg_dt, dg_dy, *dg_dparams = (
+            torch.zeros_like(x) if d is None else d for d, x in zip(grads, (t, y, *params))
+        )
         with torch.no_grad():
             f = ctx.func(event_t.detach(), state_t.detach())
             total_dt = grad_t + torch.sum(grad_state * f)
             dg_total = dg_dt + torch.sum(dg_dy * f)
-            grad_y = grad_state - dg_dy * (total_dt / dg_total)
-        return None, None, None, grad_y
+            factor = total_dt / dg_total
+            grad_y = grad_state - dg_dy * factor
+            grad_params = [-d * factor for d in dg_dparams]
+        return (None, None, None, grad_y, *grad_params)
 
 
 def differentiable_event(
@@ -78,7 +84,9 @@ def differentiable_event(
         def flat_event(t, y):
             return event_fn(t, layout.unflatten(y))
 
-    event_t, state_t = _EventTimeGradient.apply(flat_func, flat_event, event_t, state_t)
+    # The event function's own parameters (a module's, or tensors in its closure).
+    params = tuple(p for p in captured_tensors(event_fn) if p.requires_grad)
+    event_t, state_t = _EventTimeGradient.apply(flat_func, flat_event, event_t, state_t, *params)
     if layout is None:
         return event_t, torch.cat([solution[:-1], state_t[None]], dim=0)
     members = layout.unflatten(state_t)

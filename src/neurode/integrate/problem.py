@@ -14,6 +14,7 @@ stepper and its controller for one solve.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,35 @@ class MethodSpec:
     @property
     def grid(self) -> Sequence[float] | None:
         return None if self.fixed is None else self.fixed.grid
+
+    @property
+    def valid_callbacks(self) -> tuple[str, ...]:
+        """The step callbacks this method calls: fixed grids have no accept or reject."""
+        if self.kind == "adaptive":
+            return ("step", "accept_step", "reject_step")
+        return ("step",) if self.kind == "fixed" else ()
+
+    def supported_callbacks(self, callbacks: Callbacks, suffix: str = "") -> Callbacks:
+        """``callbacks`` without those the method cannot call, each dropped with a warning.
+
+        As torchdiffeq does: ``func.callback_accept_step`` on a fixed grid, say, warns
+        that the method does not support it.
+        """
+        kept = {}
+        for name in ("step", "accept_step", "reject_step"):
+            callback = getattr(callbacks, name)
+            if callback is None:
+                continue
+            if name in self.valid_callbacks:
+                kept[name] = callback
+            else:
+                warnings.warn(
+                    f"method {self.name!r} does not support callback 'callback_{name}{suffix}'; "
+                    "it will not be called",
+                    UserWarning,
+                    stacklevel=4,
+                )
+        return Callbacks(**kept)
 
     def controller(
         self,

@@ -3,9 +3,12 @@
 Options as torchdiffeq's scipy wrapper: ``solver`` (``"LSODA"`` by default,
 or ``"RK45"``, ``"RK23"``, ``"DOP853"``, ``"Radau"``, ``"BDF"``, or an
 ``OdeSolver`` subclass), ``min_step``, ``max_step``, ``first_step``; ``rtol`` and
-``atol`` are passed through. The state leaves torch for every evaluation, so
-no gradient flows through the solve: asking for one is an error, raised before
-the solve starts. Dense output, when recorded, is scipy's own interpolant.
+``atol`` are passed through. The state leaves torch for every evaluation, so no
+gradient flows through the solve: the forward solve works on inputs that require
+grad, and a backward through it raises
+:class:`~neurode.errors.GradientUnavailableError` (torchdiffeq's semantics; the
+backsolve adjoint, ``odeint_adjoint``, solves its backward system with scipy too and
+works). Dense output, when recorded, is scipy's own interpolant.
 
 scipy is an optional dependency (``pip install neurode[scipy]``), imported
 only when this method is chosen.
@@ -51,18 +54,6 @@ def _to_numpy_tolerance(value: float | torch.Tensor, like: torch.Tensor) -> floa
     if isinstance(value, torch.Tensor):
         return value.detach().broadcast_to(like.shape).reshape(-1).cpu().double().numpy()
     return float(value)
-
-
-def _check_no_gradient(problem: ODEProblem, y0: torch.Tensor) -> None:
-    if not torch.is_grad_enabled():
-        return
-    params = problem.func.parameters() if isinstance(problem.func, torch.nn.Module) else ()
-    if y0.requires_grad or any(p.requires_grad for p in params):
-        raise GradientUnavailableError(
-            "gradients are not available through method='scipy_solver' (the solve runs "
-            "in numpy); use a torch method such as 'dopri5', 'tsit5' or 'implicit_adams', "
-            "call it under torch.no_grad(), or detach y0 and the parameters of func"
-        )
 
 
 @dataclass
@@ -190,7 +181,6 @@ def build_scipy_method(name: str, options: dict[str, Any], context: BuildContext
         t_eval: Sequence[float],
         record_segments: bool,
     ) -> Trajectory:
-        _check_no_gradient(problem, y0)
         return integrate_scipy(
             func,
             y0,

@@ -35,7 +35,7 @@ class TupleLayout:
         """Views of ``flat`` (leading dimensions are kept: ``flat`` may be ``(T, n)``)."""
         lead = flat.shape[:-1]
         pieces = torch.split(flat, self.numels, dim=-1)
-        return tuple(p.view(*lead, *shape) for p, shape in zip(pieces, self.shapes))
+        return tuple(p.view((*lead, *shape)) for p, shape in zip(pieces, self.shapes))
 
     def check_output(self, output) -> None:
         if not isinstance(output, (tuple, list)) or len(output) != len(self.shapes):

@@ -221,6 +221,15 @@ CASES: dict[str, Case] = {
         ),
         _regularised_block_loss,
     ),
+    # STEER draws each forward pass's end time from the block's generator.
+    "steer_block": Case(
+        _seeded_build(
+            lambda s: ODEBlock(
+                MLPDynamics(2, hidden=6, depth=1), t1=0.6, steer=0.3, generator=_seeded(4), **s
+            )
+        ),
+        _block_loss,
+    ),
     "cnf_exact": Case(_seeded_build(_cnf("exact")), _cnf_loss),
     "cnf_hutchinson": Case(_seeded_build(_cnf("hutchinson")), _cnf_loss),
     "cnf_hutchinson_regularised": Case(

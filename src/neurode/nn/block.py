@@ -68,7 +68,8 @@ class ODEBlock(_SolvingModule):
         regularisation: ``{"kinetic": λ_k, "jacobian": λ_j}``; the weighted
             penalties of :mod:`neurode.nn.regularisers` are integrated with the
             state and stored in :attr:`regularisation_loss` after each forward
-            (``None`` without regularisation).
+            (``None`` without regularisation); the next forward replaces it, so
+            with several forward passes before one backward, collect it after each.
         noise: Hutchinson probe for the Jacobian penalty, ``"gaussian"`` or ``"rademacher"``.
         steer: STEER half-width ``b``: in training mode the end time is drawn from
             ``U[t1 - b, t1 + b]`` at every forward; evaluation uses ``t1``.

@@ -156,3 +156,47 @@ def test_hybrid_model_recovers_g_over_l_and_the_friction_within_two_percent():
     assert float(model.g_over_l.detach()) == pytest.approx(TRUE.g_over_l, rel=0.02)
     states = torch.cat(data.values)  # the observed (theta, omega), where the network was trained
     assert float(model.friction_coefficient(states)) == pytest.approx(TRUE.mu, rel=0.02)
+
+
+def test_hybrid_jacobians_equal_automatic_differentiation():
+    """The state Jacobian and the columns for log(g/L) and the friction network's output bias."""
+    torch.manual_seed(1)
+    model = HybridODE(g_over_l=3.0, state_scale=(0.5, 2.0), friction=0.2)
+    for parameter in model.friction_net.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)
+    states = torch.randn(5, 2, dtype=torch.float64)
+    d_state, d_params = model.jacobians(states)
+    for i in range(states.shape[0]):
+        expected = torch.autograd.functional.jacobian(lambda s: model(None, s), states[i])
+        torch.testing.assert_close(d_state[i], expected, rtol=1e-12, atol=1e-12)
+        out = model(None, states[i])
+        for k, parameter in enumerate((model.log_g_over_l, model.friction_net[-1].bias)):
+            rows = [
+                torch.autograd.grad(out[j], parameter, retain_graph=True)[0].reshape(())
+                for j in range(2)
+            ]
+            torch.testing.assert_close(d_params[i, :, k], torch.stack(rows), rtol=1e-12, atol=1e-12)
+
+
+def test_hybrid_starts_at_the_given_friction_with_inputs_in_units_of_the_scale():
+    states = _phase_grid()
+    model = HybridODE(g_over_l=TRUE.g_over_l, friction=TRUE.mu, state_scale=(2.0, 3.0))
+    physics = PendulumPhysics(g_over_l=TRUE.g_over_l, mu=TRUE.mu)
+    assert torch.allclose(model(None, states), physics(None, states), rtol=1e-13, atol=1e-13)
+    with torch.no_grad():
+        model.friction_net[0].weight.copy_(torch.eye(2).repeat(8, 1)[:16])
+        model.friction_net[-1].weight.fill_(1.0)
+    unscaled = HybridODE(g_over_l=TRUE.g_over_l, friction=TRUE.mu)
+    unscaled.load_state_dict(
+        {**model.state_dict(), "state_scale": torch.ones(2, dtype=torch.float64)}
+    )
+    scaled_states = states * torch.tensor([2.0, 3.0], dtype=torch.float64)
+    # n sees (theta / 2, omega / 3): at scaled states it is the unscaled n at the states.
+    torch.testing.assert_close(
+        model.correction(scaled_states[..., 0], scaled_states[..., 1]) / 3.0,
+        unscaled.correction(states[..., 0], states[..., 1]),
+    )
+    with pytest.raises(NeurodeInputError, match="friction"):
+        HybridODE(friction=-0.1)
+    with pytest.raises(NeurodeInputError, match="state_scale"):
+        HybridODE(state_scale=(1.0, 0.0))

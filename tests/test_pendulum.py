@@ -306,27 +306,37 @@ def test_a_second_process_cannot_write_into_a_folder_in_use(tmp_path, capsys):
 def test_a_flipped_bit_in_a_checkpoint_is_refused_on_resume(tmp_path, capsys):
     out = tmp_path / "run"
     assert _run(_short_run(out, "--no-plots"), capsys)[0] == 0
-    record = json.loads((out / "run.json").read_text())
-    assert set(record["checkpoints"]) == {
-        "checkpoints/blackbox-segments.pt",
-        "checkpoints/blackbox-whole.pt",
-    }
     checkpoint = out / "checkpoints" / "blackbox-whole.pt"
     content = bytearray(checkpoint.read_bytes())
     content[len(content) // 3] ^= 0x10
     checkpoint.write_bytes(bytes(content))
     code, _, err = _run(_short_run(out, "--no-plots", "--resume"), capsys)
     assert code == 2 and "SHA-256" in err and err.count("\n") == 1
+    record = json.loads((out / "run.json").read_text())
+    assert set(record["checkpoints"]) == {
+        "checkpoints/blackbox-segments.pt",
+        "checkpoints/blackbox-whole.pt",
+    }
 
 
 @pytest.mark.parametrize("content", ["{truncated", "null"])
 def test_a_corrupt_run_json_is_a_one_line_error(tmp_path, capsys, content):
     out = tmp_path / "run"
-    out.mkdir()
+    (out / "checkpoints").mkdir(parents=True)
     (out / "run.json").write_text(content)
+    (out / "checkpoints" / "run.json").write_text(content)  # where 0.1.0 kept it
     for extra in (["--resume"], []):
         code, _, err = _run(_short_run(out, "--no-plots", *extra), capsys)
         assert code == 2 and err.count("\n") == 1 and "run.json" in err, extra
+
+
+def _write_some(target, content: bytes) -> None:
+    """What a write cut short leaves: the first bytes, into a file handle or a named file."""
+    if isinstance(target, str | os.PathLike):
+        with open(target, "wb") as handle:
+            handle.write(content)
+    else:
+        target.write(content)
 
 
 def test_a_full_disk_while_drawing_keeps_the_metrics_and_leaves_no_empty_figure(
@@ -336,8 +346,8 @@ def test_a_full_disk_while_drawing_keeps_the_metrics_and_leaves_no_empty_figure(
 
     out = tmp_path / "run"
 
-    def disk_fills(self, handle, **kwargs):
-        handle.write(b"\x89PNG\r\n")
+    def disk_fills(self, target, **kwargs):
+        _write_some(target, b"\x89PNG\r\n")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Figure, "savefig", disk_fills)
@@ -386,12 +396,12 @@ def test_a_killed_run_leaves_no_partial_files(tmp_path, capsys, monkeypatch):
     real_savefig = Figure.savefig
     calls = {"n": 0}
 
-    def killed_during_second(self, handle, **kwargs):
+    def killed_during_second(self, target, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
-            handle.write(b"\x89PNG")
+            _write_some(target, b"\x89PNG")
             raise KeyboardInterrupt
-        return real_savefig(self, handle, **kwargs)
+        return real_savefig(self, target, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", killed_during_second)
     code, _, _ = _run(_short_run(out), capsys)

@@ -175,8 +175,9 @@ def plot_training_history(
             ``History.state_dict()``.
         stages: per model name, ``(stage name, epochs before it)`` of each stage
             after the first: drawn as a dotted vertical line in the model's
-            colour, labelled with the stage it begins (a change of the training
-            problem changes the loss and the evaluations per epoch at once).
+            colour, labelled (vertically, beside it) with the stage it begins. A
+            change of the training problem changes the loss and the evaluations
+            per epoch at once; the line says that the jump is the problem's.
     """
     figure = _figure(figsize=(10, 3.8), layout="constrained")
     loss_axis, nfe_axis = figure.subplots(1, 2)
@@ -191,19 +192,21 @@ def plot_training_history(
         for stage, before in (stages or {}).get(name, ()):
             for axis in (loss_axis, nfe_axis):
                 axis.axvline(before + 0.5, color=colour, ls=":", lw=1.0)
-            nfe_axis.annotate(
-                f"{name}: {stage} →",
-                xy=(before + 0.5, 1.0),
-                xycoords=("data", "axes fraction"),
-                xytext=(2, -10 - 10 * k),
-                textcoords="offset points",
-                fontsize=7,
-                color=colour,
-            )
-    loss_axis.set_xlabel("epoch")
+                axis.text(
+                    before + 0.5,
+                    0.98,
+                    f"{stage} ",
+                    transform=axis.get_xaxis_transform(),
+                    rotation=90,
+                    ha="right",
+                    va="top",
+                    fontsize=7,
+                    color=colour,
+                )
+    loss_axis.set_xlabel("epoch (Gauss–Newton: iteration)")
     loss_axis.set_ylabel("training loss")
     loss_axis.legend(fontsize=8)
-    nfe_axis.set_xlabel("epoch")
+    nfe_axis.set_xlabel("epoch (Gauss–Newton: iteration)")
     nfe_axis.set_ylabel("function evaluations per epoch")
     nfe_axis.legend(fontsize=8)
     return _save(figure, path)

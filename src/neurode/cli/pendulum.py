@@ -143,9 +143,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--epochs",
         type=int,
         default=None,
-        help="Adam epochs of blackbox and hybrid (default "
-        + ", ".join(f"{n} {name}" for name, n in training.DEFAULT_EPOCHS.items())
-        + "; physics runs Gauss-Newton to convergence)",
+        help="Adam epochs of blackbox and hybrid (default 150, and 400 for blackbox on "
+        "angle-only data; physics runs Gauss-Newton to convergence)",
     )
     training_group.add_argument(
         "--lr", type=float, default=0.01, help="initial Adam learning rate (cosine-decayed)"

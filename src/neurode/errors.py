@@ -88,3 +88,13 @@ class AdjointDivergedError(SolverError):
     Its gradient would be wrong; ``gradient="checkpoint"`` never integrates the state
     backwards.
     """
+
+
+class ReversibleInstabilityError(SolverError):
+    """The reversible solver cannot give a correct result on this problem.
+
+    Its forward solve could not keep the shadow state's gap under the tolerances,
+    or its backward reconstruction of the states drifted from the forward ones: the
+    dynamics contract (or grow) too fast for the coupling over the span.
+    ``gradient="checkpoint"`` (or ``"direct"``) never reconstructs states.
+    """

@@ -63,6 +63,7 @@ from ..errors import (
     InvalidToleranceError,
     UnknownOptionError,
 )
+from ..integrate.augmented_jacobian import AugmentedJacobian, BlockStructure
 from ..integrate.loop import Callbacks
 from ..integrate.methods import build_method
 from ..integrate.problem import AdaptiveOptions, MethodSpec, ODEProblem
@@ -170,6 +171,15 @@ class _AugmentedDynamics:
         # What an unused input (or the time, when its gradient is not needed) contributes.
         sizes = [layout.n, *layout.param_numels, 1]
         self.zeros = [torch.zeros(k, dtype=self.dtype, device=problem.device) for k in sizes]
+
+    @property
+    def jacobian_blocks(self) -> AugmentedJacobian:
+        """For implicit methods: ``∂(dz/dτ)/∂z = ρJ`` on ``z``, its negative transpose on ``a``."""
+        return AugmentedJacobian(
+            lambda tau, z: self.rho * self.problem.call_user(self.user_time(tau), z),
+            self.shape,
+            BlockStructure(self.n, ((1, 1.0, False), (1, -1.0, True))),
+        )
 
     def user_time(self, tau: float, perturb: int = 0) -> torch.Tensor:
         t = self.problem.time_tensor(-tau)

@@ -55,6 +55,7 @@ from typing import Any
 import torch
 
 from ..errors import NeurodeInputError
+from ..integrate.augmented_jacobian import AugmentedJacobian, BlockStructure
 from ..integrate.dense_output import Segment
 from ..integrate.error_norm import rms_norm
 from ..integrate.loop import Trajectory
@@ -94,6 +95,16 @@ class _AugmentedField:
             self._holder = _ModuleHolder(problem.func, problem.vector_field)
         if strategy == "forward":
             self._param_tangents = self._one_hot_param_tangents()
+
+    @property
+    def jacobian_blocks(self) -> AugmentedJacobian:
+        """For implicit methods: ``J`` on ``y`` and on every column of ``S``."""
+        blocks = ((1, 1.0, False),) + (((self.m, 1.0, False),) if self.m else ())
+        return AugmentedJacobian(
+            lambda t, y: self.problem.vector_field(t, y, 0),
+            self.shape,
+            BlockStructure(self.n, blocks),
+        )
 
     # ------------------------------------------------------------------ layout
     def initial_state(self, y0: torch.Tensor) -> torch.Tensor:

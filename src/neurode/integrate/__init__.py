@@ -20,6 +20,7 @@ This layer imports only :mod:`neurode.solvers` and :mod:`neurode.errors`.
 
 from . import multistep as _multistep  # noqa: F401  (registers the Adams family)
 from . import scipy_solver as _scipy_solver  # noqa: F401  (registers scipy_solver)
+from . import stiff_methods as _stiff_methods  # noqa: F401  (registers implicit methods)
 from .dense_output import Segment
 from .loop import Callbacks, Trajectory, integrate
 from .methods import build_method, method_names

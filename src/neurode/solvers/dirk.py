@@ -62,6 +62,7 @@ def dirk_step(
     kappa: float,
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
     eta: torch.Tensor | float | None = None,
+    grace: int = 0,
     filter_error: bool = True,
 ) -> ImplicitStep:
     """Advance ``y0`` from ``t`` by ``h`` with a singly diagonally implicit tableau.
@@ -117,6 +118,7 @@ def dirk_step(
             kappa=kappa,
             max_iterations=max_iterations,
             eta=eta,
+            grace=grace,
         )
         evaluations += result.evaluations
         eta = result.eta

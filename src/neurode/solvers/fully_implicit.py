@@ -64,6 +64,7 @@ def fully_implicit_step(
     kappa: float,
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
     eta: torch.Tensor | float | None = None,
+    grace: int = 0,
 ) -> ImplicitStep:
     """Advance ``y0`` from ``t`` by ``h``; ``matrix`` is ``I − h (A ⊗ J)`` for this ``h``.
 
@@ -113,6 +114,7 @@ def fully_implicit_step(
         kappa=kappa,
         max_iterations=max_iterations,
         eta=eta,
+        grace=grace,
     )
     z = result.z
     derivatives = divide_rows(mix(a_inverse, z), h_stages, f0.unsqueeze(stage_dim).expand_as(z))

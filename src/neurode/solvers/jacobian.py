@@ -54,7 +54,7 @@ def dense_jacobian(
             return _as_state(func(t, flat.view_as(y)), y).reshape(-1)
 
         transform = torch.func.jacrev if method == "reverse" else torch.func.jacfwd
-        return transform(flat_field)(y.reshape(-1)).detach()
+        return transform(flat_field)(y.reshape(-1)).detach().contiguous()
 
     rows, d = y.shape[0], y[0].numel()
     # Basis vector k set in every row: shape (d, B, *row_shape).

@@ -44,6 +44,11 @@ from .linear_solve import (
     KrylovIterationMatrix,
     KrylovSettings,
 )
+from .structured_matrix import (
+    BlockStructure,
+    StructuredBlockIterationMatrix,
+    StructuredIterationMatrix,
+)
 
 DEFAULT_RECOMPUTE_RATE = 1e-3
 
@@ -54,8 +59,13 @@ class JacobianCache:
     ``func(t, y)`` is the vector field; ``per_row`` selects the layout (see
     :mod:`neurode.solvers.jacobian`); ``jacobian(t, y)``, if given, replaces
     automatic differentiation; ``method`` is ``"reverse"`` or ``"forward"``;
-    ``krylov`` switches to matrix-free GMRES solves. Counters for statistics:
-    ``jacobian_evaluations``, ``factorizations``, ``jvp_evaluations``.
+    ``krylov`` switches to matrix-free GMRES solves. With ``structure`` (a
+    :class:`~neurode.solvers.structured_matrix.BlockStructure`) the state is an
+    augmented one: ``func`` is then the vector field of its base state (the
+    first ``n`` entries, flattened), and the iteration matrices are built from
+    that state's Jacobian block by block (joint mode, factored solves only).
+    Counters for statistics: ``jacobian_evaluations``, ``factorizations``,
+    ``jvp_evaluations``.
     """
 
     def __init__(
@@ -68,7 +78,10 @@ class JacobianCache:
         krylov: KrylovSettings | None = None,
         reuse: bool = True,
         recompute_rate: float = DEFAULT_RECOMPUTE_RATE,
+        structure: BlockStructure | None = None,
     ):
+        if structure is not None and (per_row or krylov is not None):
+            raise ValueError("a block structure needs joint mode and factored solves")
         if jacobian is not None and krylov is not None:
             raise ValueError("a user Jacobian and matrix-free (Krylov) solves exclude each other")
         if method not in JACOBIAN_METHODS:
@@ -84,6 +97,7 @@ class JacobianCache:
         self.krylov = krylov
         self.reuse = reuse and krylov is None
         self.recompute_rate = recompute_rate
+        self.structure = structure
         self.jacobian: torch.Tensor | None = None
         """The held Jacobian, ``(N, N)`` or ``(B, d, d)``; None before the first or for Krylov."""
         self.computed_at: float | torch.Tensor | None = None
@@ -116,6 +130,8 @@ class JacobianCache:
         if self._point is not None and not self._any(self._stale):
             return
         y = y.detach()
+        if self.structure is not None:
+            y = self.structure.base_state(y)
         if self.krylov is None:
             if self.user_jacobian is not None:
                 self.jacobian = user_jacobian(self.user_jacobian, t, y, per_row=self.per_row)
@@ -161,6 +177,12 @@ class JacobianCache:
             matrix = KrylovIterationMatrix(
                 self.func, point_t, point_y, factor, per_row=self.per_row, a=a, settings=self.krylov
             )
+        elif self.structure is not None:
+            if a is None:
+                matrix = StructuredIterationMatrix(self.jacobian, factor, self.structure)
+            else:
+                matrix = StructuredBlockIterationMatrix(self.jacobian, factor, a, self.structure)
+            self.factorizations += matrix.factorizations
         else:
             self.factorizations += 1
             if a is None:

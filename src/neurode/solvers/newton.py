@@ -25,6 +25,11 @@ previous solve. It gives up, reporting not converged, when
 - an increment is not finite (``f`` returned NaN or infinity, or the matrix was
   singular), or ``k_max`` iterations pass.
 
+``grace`` exempts the first iterations from the two rate tests: an augmented
+system (sensitivities, adjoints) solved with a block-diagonal matrix corrects
+its coupled blocks one iteration behind the block they depend on, so its first
+increments may grow before they shrink.
+
 A failed solve is not an exception: the step is rejected and retried with a
 smaller step (:mod:`neurode.solvers.jacobian_cache` says what to do with ``J``).
 
@@ -90,6 +95,7 @@ def simplified_newton(
     kappa: float,
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
     eta: torch.Tensor | float | None = None,
+    grace: int = 0,
 ) -> NewtonResult:
     """Solve ``G(Z) = 0`` from ``z0`` (see the module notes).
 
@@ -103,7 +109,7 @@ def simplified_newton(
     dz = solve(residual(z0), z0)
     size = norm(dz)
     iterate = _iterate_joint if size.ndim == 0 else _iterate_rows
-    return iterate(residual, solve, norm, z0, dz, size, kappa, max_iterations, eta)
+    return iterate(residual, solve, norm, z0, dz, size, kappa, max_iterations, eta, grace)
 
 
 def _first_eta(eta: torch.Tensor | float | None, like: torch.Tensor) -> torch.Tensor:
@@ -112,7 +118,7 @@ def _first_eta(eta: torch.Tensor | float | None, like: torch.Tensor) -> torch.Te
     return seed.clamp_min(torch.finfo(like.dtype).eps).pow(0.8).expand(like.shape)
 
 
-def _iterate_joint(residual, solve, norm, z, dz, size, kappa, max_iterations, eta):
+def _iterate_joint(residual, solve, norm, z, dz, size, kappa, max_iterations, eta, grace=0):
     """One system: the same iteration with the bookkeeping in Python floats.
 
     Reading the norm costs the one device sync per iteration that deciding
@@ -131,12 +137,16 @@ def _iterate_joint(residual, solve, norm, z, dz, size, kappa, max_iterations, et
             break
         if k > 0:
             contraction = size / previous
-            if contraction >= 1.0:
+            hopeless = contraction >= 1.0 or (
+                contraction ** (max_iterations - k) / (1.0 - contraction) * size > kappa
+            )
+            if k <= grace and contraction >= 1.0:
+                pass  # a coupled block catching up: no rate yet
+            elif hopeless and k > grace or contraction >= 1.0:
                 break
-            if contraction ** (max_iterations - k) / (1.0 - contraction) * size > kappa:
-                break
-            eta_k = contraction / (1.0 - contraction)
-            rate = max(rate, contraction)
+            else:
+                eta_k = contraction / (1.0 - contraction)
+                rate = max(rate, contraction)
         z = z + dz
         iterations += 1
         eta_out = eta_k
@@ -155,7 +165,7 @@ def _iterate_joint(residual, solve, norm, z, dz, size, kappa, max_iterations, et
     )
 
 
-def _iterate_rows(residual, solve, norm, z, dz, size, kappa, max_iterations, eta):
+def _iterate_rows(residual, solve, norm, z, dz, size, kappa, max_iterations, eta, grace=0):
     """Rows with their own rates, tests and flags; a row that has stopped is frozen."""
     active = torch.ones(size.shape, dtype=torch.bool, device=size.device)
     converged = torch.zeros_like(active)
@@ -175,6 +185,11 @@ def _iterate_rows(residual, solve, norm, z, dz, size, kappa, max_iterations, eta
             hopeless = (contraction >= 1.0) | (
                 contraction.pow(max_iterations - k) / (1.0 - contraction) * size > kappa
             )
+            if k <= grace:
+                catching_up = contraction >= 1.0
+                eta_k = torch.where(catching_up, eta_out, eta_k)
+                contraction = torch.where(catching_up, 0.0, contraction)
+                hopeless = torch.zeros_like(hopeless)
         failed = active & (~torch.isfinite(size) | hopeless)
         moving = active & ~failed
         z = torch.where(_expand(moving, z), z + dz, z)

@@ -6,7 +6,7 @@ of computing their gradients, and the models built on them.
 
 from . import errors
 from ._version import __version__
-from .api import method_names, odeint, odeint_adjoint, odeint_event, solve
+from .api import method_names, odeint, odeint_adjoint, odeint_dense, odeint_event, solve
 from .check_gradients import GradientDriftWarning, GradientReport, check_gradients
 from .errors import SolverError
 from .gradients.reversible import ReversibleInstabilityWarning
@@ -25,6 +25,7 @@ __all__ = [
     "method_names",
     "odeint",
     "odeint_adjoint",
+    "odeint_dense",
     "odeint_event",
     "sensitivities",
     "solve",

@@ -22,6 +22,7 @@ from .errors import (
     UnknownOptionError,
 )
 from .gradients.captured import captured_tensors
+from .gradients.event_time import attach_without_gradient
 from .integrate import Callbacks, ODEProblem, Solution, build_method, method_names
 from .integrate.per_sample import BATCH_MODES, solve_per_sample
 from .integrate.tolerances import check_tolerance_pair
@@ -144,9 +145,9 @@ class _Prepared:
             options["norm"] = _wrap_norm(options["norm"], layout)
         elif layout is not None:
             options["norm"] = _wrap_norm(None, layout)
-        time_dtype = torch.promote_types(t.dtype, state.dtype)
-        if "dtype" in options and options["dtype"] is not None:
-            time_dtype = torch.promote_types(options["dtype"], state.dtype)
+        # func sees t in the state's (real) dtype, as in torchdiffeq: a float32 model is
+        # not handed a float64 time. The solver's own times stay float64 throughout.
+        time_dtype = state.real.dtype if state.is_complex() else state.dtype
         self.problem = ODEProblem(
             func=func,
             layout=layout,
@@ -296,6 +297,11 @@ def _odeint_until_event(
     that state is differentiated by the backsolve adjoint over ``[t0, t_event]``.
     """
     prepared = _Prepared(func, y0, t, rtol, atol, method, options)
+    if prepared.t.numel() != 2:
+        raise InvalidTimesError(
+            f"with event_fn, t must hold two times (the start, and one that gives the "
+            f"direction), as in torchdiffeq; got {prepared.t.numel()}"
+        )
     problem = prepared.problem
     spec = problem.method
     if spec.kind == "custom":
@@ -315,7 +321,7 @@ def _odeint_until_event(
     if adjoint_kwargs is None:
         if t0.requires_grad and torch.is_grad_enabled():
             # dy(t_e)/dt0 = -Φ(t_e, t0) f(t0, y0): a zero shift of y0 that carries it.
-            start = start - (t0 - t0.detach()) * problem.call_user(t0, start)
+            start = start - (t0 - t0.detach()) * problem.call_user(t0.to(problem.time_dtype), start)
         trajectory = problem.integrate(start, prepared.t_solver[:1], event_fn=solver_event_fn)
         event_state = trajectory.event_state
     else:
@@ -340,8 +346,38 @@ def _odeint_until_event(
         last = solution.ys[-1] if layout is None else tuple(m[-1] for m in solution.ys)
         event_state = last if layout is None else layout.flatten(last)
     event_t = problem.time_tensor(trajectory.event_time).to(prepared.t.dtype)
+    if adjoint_kwargs is not None:
+        event_t = attach_without_gradient(event_t, event_state)
     ys = torch.stack([prepared.state, event_state])
     return event_t, prepared.unflatten(ys)
+
+
+def odeint_dense(
+    func: Callable,
+    y0: Tensors,
+    t0: torch.Tensor | float,
+    t1: torch.Tensor | float,
+    *,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Callable[[torch.Tensor], Any]:
+    """Drop-in for ``torchdiffeq.odeint_dense``: the dense solution on ``[t0, t1]``.
+
+    Returns ``dense_output_fn(t)``, the solver's own interpolant evaluated at any ``t``
+    (a 0-dim tensor gives one state, a 1-D tensor a stack of them). Unlike
+    torchdiffeq's it works with every method and with tuple states.
+    """
+    start = torch.as_tensor(t0)
+    if not start.is_floating_point():
+        start = start.to(torch.get_default_dtype())
+    end = torch.as_tensor(t1, dtype=start.dtype, device=start.device)
+    span = torch.stack([start.reshape(()), end.reshape(())])
+    solution = solve(
+        func, y0, span, method=method, rtol=rtol, atol=atol, options=options, dense=True
+    )
+    return solution.evaluate
 
 
 def odeint_adjoint(
@@ -429,4 +465,11 @@ def odeint_event(
     )
 
 
-__all__ = ["method_names", "odeint", "odeint_adjoint", "odeint_event", "solve"]
+__all__ = [
+    "method_names",
+    "odeint",
+    "odeint_adjoint",
+    "odeint_dense",
+    "odeint_event",
+    "solve",
+]

@@ -50,6 +50,8 @@ class SolveFunction(torch.autograd.Function):
     def forward(ctx, method: CustomBackward, y0: torch.Tensor, t: torch.Tensor, *params):
         ys = method.forward(y0)
         ctx.method = method
+        # Where torchdiffeq keeps the adjoint's options (its tests replace the norm there).
+        ctx.adjoint_options = getattr(method, "adjoint_options", None)
         ctx.save_for_backward(ys)
         return ys
 

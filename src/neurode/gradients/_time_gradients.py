@@ -25,7 +25,11 @@ def with_time_gradients(
     """``solve(y0)`` (the saved states, stacked), made differentiable in ``t`` too."""
     if not (t.requires_grad and torch.is_grad_enabled()):
         return solve(y0)
-    shifted = y0 - (t[0] - t[0].detach()) * problem.call_user(t[0], y0)
+    times = t.to(problem.time_dtype)
+    shifted = y0 - (t[0] - t[0].detach()) * problem.call_user(times[0], y0)
     ys = solve(shifted)
-    later = [y + (t_i - t_i.detach()) * problem.call_user(t_i, y) for t_i, y in zip(t[1:], ys[1:])]
+    later = [
+        y + (t_i - t_i.detach()) * problem.call_user(time, y)
+        for t_i, time, y in zip(t[1:], times[1:], ys[1:])
+    ]
     return torch.stack([y0, *later])

@@ -52,6 +52,27 @@ class _EventTimeGradient(torch.autograd.Function):
         return (None, None, None, grad_y, *grad_params)
 
 
+class _ZeroGradientThrough(torch.autograd.Function):
+    """``value`` joined to the graph of ``anchor`` with a zero gradient."""
+
+    @staticmethod
+    def forward(ctx, value, anchor):
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None
+
+
+def attach_without_gradient(value: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """``value`` as part of ``anchor``'s graph, passing no gradient (torchdiffeq's adjoint
+    returns an event time one can call ``backward`` on; its gradient comes from
+    :func:`odeint_event`)."""
+    if not (torch.is_grad_enabled() and anchor.requires_grad):
+        return value
+    return _ZeroGradientThrough.apply(value, anchor)
+
+
 def differentiable_event(
     func: Callable,
     y0: Any,

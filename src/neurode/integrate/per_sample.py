@@ -157,9 +157,7 @@ def solve_per_sample(
             f"batch='per_sample' needs an adaptive Runge–Kutta method (dopri5, tsit5, "
             f"dopri8, bosh3, ...), not {spec.name!r}"
         )
-    time_dtype = torch.promote_types(times.dtype, y0.dtype)
-    if options.get("dtype") is not None:
-        time_dtype = torch.promote_types(options["dtype"], y0.dtype)
+    time_dtype = y0.dtype  # func sees t in the state's dtype, as with batch="joint"
     problem = ODEProblem(
         func=func,
         layout=None,

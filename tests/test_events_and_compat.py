@@ -57,7 +57,7 @@ def test_event_in_reverse_time():
 def test_odeint_with_event_fn_returns_torchdiffeq_shapes():
     y0 = torch.tensor([[3.0, 0.0], [5.0, 1.0]], dtype=F64)
     event_t, ys = neurode.odeint(
-        _falling, y0, torch.tensor([0.0], dtype=F64), event_fn=lambda t, y: y[:, 0].min()
+        _falling, y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=lambda t, y: y[:, 0].min()
     )
     assert ys.shape == (2, 2, 2)
     assert abs(float(event_t) - math.sqrt(2 * 3.0 / G)) < 1e-6

@@ -105,9 +105,19 @@ def differentiable_event(
         def flat_event(t, y):
             return event_fn(t, layout.unflatten(y))
 
+    # A vector-valued event function fires when its first component crosses zero; the
+    # scalar whose root the event time is: min_k g_k(t, y) · sign g_k(t0, y0) (as
+    # torchdiffeq combines them), so the gradient follows the component that fired.
+    with torch.no_grad():
+        start_state = y0 if isinstance(y0, torch.Tensor) else tuple(y0)
+        signs = torch.sign(event_fn(start.reshape(()).detach(), start_state))
+
+    def crossing(t, y):
+        return (flat_event(t, y) * signs).min()
+
     # The event function's own parameters (a module's, or tensors in its closure).
     params = tuple(p for p in captured_tensors(event_fn) if p.requires_grad)
-    event_t, state_t = _EventTimeGradient.apply(flat_func, flat_event, event_t, state_t, *params)
+    event_t, state_t = _EventTimeGradient.apply(flat_func, crossing, event_t, state_t, *params)
     if layout is None:
         return event_t, torch.cat([solution[:-1], state_t[None]], dim=0)
     members = layout.unflatten(state_t)

@@ -100,7 +100,14 @@ def integrate(
         )
     segments: list[Segment] | None = [] if record_segments else None
     keep_segments = record_segments or event_fn is not None
-    sign0 = event_sign(event_fn, t, y0) if event_fn is not None else None
+    sign0 = None
+    if event_fn is not None:
+        sign0 = event_sign(event_fn, t, y0)
+        if not bool(sign0.all()):  # already on the event: torchdiffeq returns (t0, y0)
+            stepper.finish()
+            return Trajectory(
+                ys=[y0], stats=controller.stats(), segments=[], event_time=t, event_state=y0
+            )
     # Hoisted out of the loop, which runs once per step.
     step_callback, accept_callback = callbacks.step, callbacks.accept_step
     reject_callback = callbacks.reject_step

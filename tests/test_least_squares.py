@@ -109,8 +109,8 @@ def test_noise_free_data_are_fitted_exactly_from_a_distant_start(irregular):
         jacobians=model.jacobians, tolerance=1e-12,
     )  # fmt: skip
     assert fit.converged
-    assert float(model.g_over_l) == pytest.approx(TRUE.g_over_l, rel=1e-6)
-    assert float(model.mu) == pytest.approx(TRUE.mu, rel=1e-5)
+    assert model.g_over_l.item() == pytest.approx(TRUE.g_over_l, rel=1e-6)
+    assert model.mu.item() == pytest.approx(TRUE.mu, rel=1e-5)
     torch.testing.assert_close(fit.initial_states, Y0, rtol=1e-5, atol=1e-6)
     assert fit.cost < 1e-12
 

@@ -166,7 +166,7 @@ def plot_training_history(
     *,
     stages: Mapping[str, Sequence[tuple[str, int]]] | None = None,
 ) -> Path:
-    """Training loss and function evaluations per epoch of one or more runs.
+    """Training loss and function evaluations per epoch, one column per model.
 
     Args:
         path: the PNG file to write.
@@ -174,39 +174,44 @@ def plot_training_history(
             ``nfe_forward`` and (optionally) ``nfe_backward``, e.g.
             ``History.state_dict()``.
         stages: per model name, ``(stage name, epochs before it)`` of each stage
-            after the first: drawn as a dotted vertical line in the model's
-            colour, labelled (vertically, beside it) with the stage it begins. A
-            change of the training problem changes the loss and the evaluations
-            per epoch at once; the line says that the jump is the problem's.
+            after the first: drawn as a dotted vertical line, labelled (beside
+            it) with the stage it begins. A change of the training problem
+            changes the loss and the evaluations per epoch at once; the line
+            says that the jump is the problem's, not the model's.
+
+    Each model has its own epoch axis: a Gauss–Newton fit takes a few dozen
+    iterations where Adam takes hundreds of epochs.
     """
-    figure = _figure(figsize=(10, 3.8), layout="constrained")
-    loss_axis, nfe_axis = figure.subplots(1, 2)
+    count = max(len(histories), 1)
+    figure = _figure(figsize=(4.2 * count, 6.0), layout="constrained")
+    axes = figure.subplots(2, count, squeeze=False)
     for k, (name, history) in enumerate(histories.items()):
         colour = f"C{k}"
+        loss_axis, nfe_axis = axes[0, k], axes[1, k]
         epochs = np.arange(1, len(history["loss"]) + 1)
-        loss_axis.semilogy(epochs, _array(history["loss"]), color=colour, label=name)
-        nfe_axis.plot(epochs, _array(history["nfe_forward"]), color=colour, label=f"{name} forward")
+        loss_axis.semilogy(epochs, _array(history["loss"]), color=colour)
+        nfe_axis.plot(epochs, _array(history["nfe_forward"]), color=colour, label="forward")
         backward = history.get("nfe_backward")
         if backward is not None and np.any(_array(backward)):
-            nfe_axis.plot(epochs, _array(backward), color=colour, ls="--", label=f"{name} backward")
+            nfe_axis.plot(epochs, _array(backward), color=colour, ls="--", label="backward")
+            nfe_axis.legend(fontsize=8)
         for stage, before in (stages or {}).get(name, ()):
             for axis in (loss_axis, nfe_axis):
-                axis.axvline(before + 0.5, color=colour, ls=":", lw=1.0)
-                axis.text(
-                    before + 0.5,
-                    0.98,
-                    f"{stage} ",
-                    transform=axis.get_xaxis_transform(),
-                    rotation=90,
-                    ha="right",
-                    va="top",
-                    fontsize=7,
-                    color=colour,
-                )
-    loss_axis.set_xlabel("epoch (Gauss–Newton: iteration)")
-    loss_axis.set_ylabel("training loss")
-    loss_axis.legend(fontsize=8)
-    nfe_axis.set_xlabel("epoch (Gauss–Newton: iteration)")
-    nfe_axis.set_ylabel("function evaluations per epoch")
-    nfe_axis.legend(fontsize=8)
+                axis.axvline(before + 0.5, color="0.4", ls=":", lw=1.0)
+            loss_axis.text(
+                before + 0.5,
+                0.98,
+                f"{stage} ",
+                transform=loss_axis.get_xaxis_transform(),
+                rotation=90,
+                ha="right",
+                va="top",
+                fontsize=7,
+                color="0.3",
+            )
+        loss_axis.set_title(name, fontsize=10)
+        loss_axis.set_ylabel("training loss (MSE)")
+        nfe_axis.set_ylabel("function evaluations per epoch")
+        nfe_axis.set_xlabel("epoch (Gauss–Newton: iteration)")
+        nfe_axis.set_ylim(bottom=0)
     return _save(figure, path)

@@ -372,7 +372,13 @@ def _train_all(
     scales = training.state_scales(train, estimate)
     fits = []
     for index, name in enumerate(settings.models):
-        dynamics = training.build_dynamics(name, settings.seed * 1000 + index, estimate, scales)
+        dynamics = training.build_dynamics(
+            name,
+            settings.seed * 1000 + index,
+            estimate,
+            scales,
+            observed_velocity=train.fully_observed,
+        )
         model = TrajectoryModel(
             dynamics,
             train,

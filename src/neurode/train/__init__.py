@@ -1,5 +1,7 @@
 """Training: a plain loop with progress, early stopping, NFE logging and atomic
-checkpoints, plus the pieces that fit an ODE to observed trajectories.
+checkpoints, plus the pieces that fit an ODE to observed trajectories (whole,
+in segments, by multiple shooting, or by Gauss–Newton least squares with
+Laplace intervals) and run folders that never lose work.
 
 Data-parallel helpers live in :mod:`neurode.train.distributed`.
 """
@@ -12,6 +14,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .early_stopping import EarlyStopping
+from .least_squares import LeastSquaresFit, interval_95, least_squares_fit
 from .loop import (
     History,
     Objective,
@@ -22,7 +25,9 @@ from .loop import (
     fit,
     learning_rate,
 )
+from .multiple_shooting import MultipleShooting, ShootingTrainee
 from .progress import ProgressBar
+from .run_folder import RunFolder, RunFolderBusyError, RunFolderError
 from .trajectories import (
     Trajectories,
     TrajectoryModel,
@@ -38,8 +43,14 @@ __all__ = [
     "CheckpointError",
     "EarlyStopping",
     "History",
+    "LeastSquaresFit",
+    "MultipleShooting",
     "Objective",
     "ProgressBar",
+    "RunFolder",
+    "RunFolderBusyError",
+    "RunFolderError",
+    "ShootingTrainee",
     "StepOutput",
     "TrainConfig",
     "TrainResult",
@@ -51,6 +62,8 @@ __all__ = [
     "estimate_unobserved",
     "finite_difference_slope",
     "fit",
+    "interval_95",
+    "least_squares_fit",
     "learning_rate",
     "load_checkpoint",
     "predict",

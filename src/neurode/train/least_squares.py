@@ -319,6 +319,16 @@ def least_squares_fit(
         normal = jac.T @ jac
         gradient = jac.T @ residuals
         scale = normal.diagonal().clamp_min(1e-12 * float(normal.diagonal().max()))
+        # The Gauss-Newton model's own promise, g^T N^-1 g (twice the decrease
+        # it predicts): when even that is below the tolerance the fit has
+        # converged, and trying damped steps would only cost solves.
+        try:
+            promised = float(gradient @ torch.linalg.solve(normal, gradient))
+        except RuntimeError:
+            promised = math.inf
+        if promised < tolerance * cost:
+            converged = True
+            break
         start = current()
         accepted = False
         for _ in range(10):

@@ -17,6 +17,7 @@ from ..solvers.tableaus import TABLEAUS
 from .controller import PIDCoefficients, count_grid_steps
 from .problem import AdaptiveOptions, FixedGridOptions, MethodSpec
 from .runge_kutta_stepper import RungeKuttaMethod
+from .stiffness import StiffnessMonitor
 
 ADAPTIVE_OPTIONS = frozenset(
     {
@@ -233,7 +234,9 @@ def build_method(
         return MethodSpec(
             name=name,
             kind="adaptive",
-            stepper=lambda: RungeKuttaMethod(tableau),
+            stepper=lambda: RungeKuttaMethod(
+                tableau, stiffness=StiffnessMonitor(tableau, user_time=context.user_time)
+            ),
             tableau=tableau,
             adaptive=context.adaptive_options(options),
         )

@@ -18,6 +18,7 @@ from ..solvers.runge_kutta import RungeKuttaStep, RungeKuttaStepper, can_fuse
 from ..solvers.tableau import ButcherTableau
 from .dense_output import INTERPOLATIONS, Segment, interpolate_between_ends
 from .stepper import VectorField
+from .stiffness import StiffnessMonitor
 
 
 class RungeKuttaAttempt:
@@ -89,11 +90,18 @@ class RungeKuttaMethod:
     ``interpolation`` is ``"dense"`` (the tableau's own interpolant, else cubic
     Hermite; adaptive solves), ``"linear"`` or ``"cubic"`` (between the step's ends,
     torchdiffeq's fixed-grid interpolation). ``with_error`` computes the embedded
-    error estimate (adaptive steps need it).
+    error estimate (adaptive steps need it). ``stiffness``, a
+    :class:`~neurode.integrate.stiffness.StiffnessMonitor`, is shown every
+    accepted step (it tests only every so often, from the stages alone).
     """
 
     def __init__(
-        self, tableau: ButcherTableau, *, interpolation: str = "dense", with_error: bool = True
+        self,
+        tableau: ButcherTableau,
+        *,
+        interpolation: str = "dense",
+        with_error: bool = True,
+        stiffness: StiffnessMonitor | None = None,
     ):
         if interpolation not in INTERPOLATIONS:
             raise ValueError(
@@ -107,12 +115,15 @@ class RungeKuttaMethod:
         self.engine: RungeKuttaStepper | None = None
         self._f0: torch.Tensor | None = None
         self._start_perturb = 0
+        self.stiffness = stiffness
 
     def start(self, y0: torch.Tensor, f0: torch.Tensor) -> None:
         self.engine = RungeKuttaStepper.acquire(self.tableau, y0, fused=can_fuse(y0, f0))
         self.fused = self.engine.fused
         self._f0 = f0
         self._start_perturb = 0
+        if self.stiffness is not None:
+            self.stiffness.start()
 
     def step(
         self,
@@ -135,6 +146,8 @@ class RungeKuttaMethod:
     def accept(
         self, field: VectorField, attempt: RungeKuttaAttempt, rows: torch.Tensor | None = None
     ) -> None:
+        if self.stiffness is not None:
+            self.stiffness.observe(attempt, rows)
         if rows is not None:
             f1 = attempt.end_derivative(field)
             self._f0 = torch.where(row_scale(rows, f1).bool(), f1, self._f0)
@@ -147,6 +160,10 @@ class RungeKuttaMethod:
 
     def reject(self, attempt: RungeKuttaAttempt) -> None:
         pass
+
+    def resume(self, f0: torch.Tensor | None, perturb: int = 0) -> None:
+        """Go on from a point another stepper reached: ``f0`` there (None: evaluate it)."""
+        self._f0, self._start_perturb = f0, perturb
 
     def finish(self) -> None:
         if self.engine is not None:

@@ -25,7 +25,9 @@ __all__ = [
     "HelpFormatter",
     "add_output_options",
     "add_run_options",
+    "add_threads_option",
     "apply_quick",
+    "apply_threads",
     "plain_text",
     "arguments_record",
     "require_at_least_one",
@@ -114,10 +116,37 @@ def add_output_options(
 
 
 def add_run_options(parser: argparse.ArgumentParser, command: str, run: Any) -> None:
-    """``--seed``, the output options of :func:`add_output_options`; ``run`` as handler."""
+    """``--seed``, ``--threads``, the output options of :func:`add_output_options`;
+    ``run`` as handler."""
     parser.add_argument("--seed", type=int, default=0, help="seed of data and initialisation")
+    add_threads_option(parser)
     add_output_options(parser, command)
     parser.set_defaults(run=run)
+
+
+def add_threads_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--threads`` (default 1): torch's CPU threads.
+
+    The models of these commands are small: a second thread only adds
+    synchronisation, and on a machine whose cores are busy with other work
+    every step waits for both (``neurode pendulum`` with two threads took 12
+    minutes of CPU for a 22-second run on a busy 2-core machine).
+    """
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (the models are too small to gain from more)",
+    )
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Check ``--threads`` and set torch's thread count."""
+    import torch
+
+    if args.threads < 1:
+        raise NeurodeInputError(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
 
 
 def _option(name: str) -> str:

@@ -45,6 +45,7 @@ from ._common import (
     HelpFormatter,
     add_run_options,
     apply_quick,
+    apply_threads,
     arguments_record,
     plain_text,
     require_at_least_one,
@@ -134,6 +135,7 @@ _DEFAULTS = {"epochs": 30, "train_size": 4096, "test_size": 2048, "batch_size": 
 
 def _check_arguments(args: argparse.Namespace) -> None:
     apply_quick(args, QUICK, _DEFAULTS)
+    apply_threads(args)
     require_at_least_one(args, ("epochs", "train_size", "test_size", "batch_size"))
     if args.grid < 2:
         raise NeurodeInputError("--grid must be at least 2")
@@ -172,7 +174,7 @@ def build_model(args: argparse.Namespace) -> CNF:
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     settings = arguments_record(args)
-    for key in ("out", "resume", "overwrite", "quiet"):
+    for key in ("out", "resume", "overwrite", "quiet", "threads"):
         settings.pop(key)
     with RunFolder(
         args.out, "cnf", settings, resume=args.resume, overwrite=args.overwrite, outputs=_OUTPUTS

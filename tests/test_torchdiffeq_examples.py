@@ -365,3 +365,50 @@ def test_the_adjoint_norm_can_be_replaced_on_the_autograd_node_before_backward()
     ys.grad_fn.adjoint_options["norm"] = spy
     ys.sum().backward()
     assert calls
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4", "explicit_adams", "implicit_adams"])
+@pytest.mark.parametrize(
+    "options", [None, {"step_size": 0.07}, {"step_size": 0.07, "interp": "cubic"}]
+)
+def test_fixed_grid_time_gradients_are_the_derivative_of_the_computed_output(method, options):
+    """The steps and interpolation depend on t through the grid times; autograd through
+    them, as torchdiffeq's grids are tensors built from t. (Save times on grid points
+    are kinks of the output: the grid here avoids them.)"""
+
+    def func(t, y):
+        return -y * torch.cos(t)
+
+    y0 = torch.tensor([1.0, 2.0], dtype=F64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64, requires_grad=True)
+    neurode.odeint(func, y0, t, method=method, options=options).sum().backward()
+    eps = 1e-6
+    for i in range(3):
+        step = torch.zeros(3, dtype=F64)
+        step[i] = eps
+        with torch.no_grad():
+            plus = neurode.odeint(func, y0, t + step, method=method, options=options).sum()
+            minus = neurode.odeint(func, y0, t - step, method=method, options=options).sum()
+        assert float(t.grad[i]) == pytest.approx(float(plus - minus) / (2 * eps), abs=1e-7)
+
+
+def test_time_gradients_with_perturb_never_evaluate_on_a_grid_point():
+    grid_hits = []
+
+    def func(t, y):
+        if float(t) in (0.0, 0.5, 1.0):
+            grid_hits.append(float(t))
+        return -y
+
+    t = torch.tensor([0.0, 1.0], dtype=F64, requires_grad=True)
+    ys = neurode.odeint(
+        func,
+        torch.ones(2, dtype=F64),
+        t,
+        method="euler",
+        options={"step_size": 0.5, "perturb": True},
+    )
+    ys.sum().backward()
+    assert grid_hits == []
+    # Euler on the grid t0, t0 + 0.5, t1: L = 2 (1 - 0.5)(1 - (t1 - t0 - 0.5)).
+    assert t.grad.tolist() == pytest.approx([1.0, -1.0])

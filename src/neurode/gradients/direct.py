@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import GradientUnavailableError, UnknownOptionError
+from ..integrate.controller import GridController
 from ..integrate.problem import ODEProblem
 from . import GradientResult, register
 from ._time_gradients import with_time_gradients
@@ -35,6 +36,8 @@ def solve_direct(
     trajectories = []
     if not problem.method.differentiable:
         return _solve_without_gradient(problem, y0, t, t_solver, record_segments)
+    if problem.method.kind == "fixed" and t.requires_grad and torch.is_grad_enabled():
+        return _solve_with_differentiable_grid(problem, y0, t, t_solver, record_segments)
 
     def run(start: torch.Tensor) -> torch.Tensor:
         trajectories.append(problem.integrate(start, t_solver, record_segments=record_segments))
@@ -42,6 +45,40 @@ def solve_direct(
 
     ys = with_time_gradients(problem, y0, t, run)
     trajectory = trajectories[0]
+    stats = dict(trajectory.stats)
+    stats["nfe"] = problem.nfe
+    return GradientResult(ys=ys, stats=stats, segments=trajectory.segments)
+
+
+def _solve_with_differentiable_grid(problem, y0, t, t_solver, record_segments) -> GradientResult:
+    """A fixed grid whose times are tensors carrying ``t``'s gradient.
+
+    The output at a save time is a composition of steps (and an interpolation) whose
+    sizes are differences of grid times, and the grid times are ``t`` itself, or
+    ``t[0] + k·h`` ending on ``t[-1]``: autograd through them gives the exact
+    derivative of what was computed with respect to ``t`` (as torchdiffeq's does),
+    where the ODE's ``f(t_i, y_i)`` would only approximate it to the method's order.
+    No evaluation of ``func`` beyond the steps' own.
+    """
+    fixed = problem.method.fixed
+    times = list((-t if problem.reversed else t).unbind(0))
+    if fixed.step_size is not None:
+        points = fixed.points(t_solver[0], t_solver[-1])
+        grid = [times[0] + (point - t_solver[0]) for point in points[:-1]] + [times[-1]]
+    elif fixed.given:  # a grid_constructor's points: only its ends move with t
+        grid = [times[0], *fixed.grid[1:-1], times[-1]]
+    else:
+        grid = times
+    controller = GridController(
+        grid=grid,
+        perturb=fixed.perturb,
+        max_num_steps=fixed.max_num_steps,
+        user_time=problem.user_time,
+    )
+    trajectory = problem.integrate(
+        y0, times, controller=controller, record_segments=record_segments
+    )
+    ys = trajectory.stack()
     stats = dict(trajectory.stats)
     stats["nfe"] = problem.nfe
     return GradientResult(ys=ys, stats=stats, segments=trajectory.segments)

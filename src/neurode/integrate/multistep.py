@@ -178,7 +178,11 @@ class AdamsMethod:
         converged = False
         for _ in range(self.max_iters):
             f_end = field(t1, y1, -1 if perturb_end else 0)
-            corrected = torch.add(base, f_end, alpha=h * moulton[0])
+            weight = h * moulton[0]
+            if isinstance(weight, torch.Tensor):  # differentiated step times
+                corrected = base + f_end * weight.to(f_end.dtype)
+            else:
+                corrected = torch.add(base, f_end, alpha=weight)
             # With max_iters=1 (PECE) the single correction is the method itself.
             converged = self.max_iters == 1 or _corrector_converged(
                 y1, corrected, self.rtol, self.atol

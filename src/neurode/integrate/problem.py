@@ -224,7 +224,13 @@ class ODEProblem:
         return out.detach()
 
     def vector_field(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
-        """dy/ds at solver time ``s = t`` (``perturb`` = ±1 nudges ``t`` by one ulp)."""
+        """dy/ds at solver time ``s = t`` (``perturb`` = ±1 nudges ``t`` by one ulp).
+
+        ``t`` is a float, or a 0-dim tensor when the step times themselves are
+        differentiated (fixed grids whose times carry ``t``'s gradient).
+        """
+        if type(t) is not float and isinstance(t, torch.Tensor):
+            return self._field_at_time_tensor(t, y, perturb)
         if perturb:
             tt = self.time_tensor(t)
             direction = -perturb if self.reversed else perturb
@@ -234,6 +240,15 @@ class ODEProblem:
         else:
             tt = self._time_value = self.time_tensor(t)
             self._time_key = t
+        out = self.call_user(tt, y)
+        return -out if self.reversed else out
+
+    def _field_at_time_tensor(self, t: torch.Tensor, y: torch.Tensor, perturb: int):
+        tt = (-t if self.reversed else t).to(self.time_dtype)
+        if perturb:
+            direction = -perturb if self.reversed else perturb
+            nudged = torch.nextafter(tt.detach(), tt.detach() + direction)
+            tt = tt + (nudged - tt.detach())  # the nudge, keeping t's gradient
         out = self.call_user(tt, y)
         return -out if self.reversed else out
 

@@ -70,7 +70,10 @@ class SavedStates:
             end += 1
         times = t_eval[start:end]
         self.next_index = end
-        ends_on_t1 = times[-1] == t1
+        # A save time on the step's end gets the step's own state, not the interpolant's
+        # rounding of it; unless times are differentiated, where the interpolant (equal
+        # in value) carries the save time's own gradient.
+        ends_on_t1 = not isinstance(t1, torch.Tensor) and times[-1] == t1
         thetas = [(te - t0) / h for te in (times[:-1] if ends_on_t1 else times)]
         if self.buffer is None:
             if thetas:

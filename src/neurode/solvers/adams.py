@@ -51,11 +51,12 @@ def integrated_lagrange_weights(nodes: Sequence) -> list:
         for m, x_m in enumerate(nodes):
             if m == j:
                 continue
+            # Out of place: the nodes may be tensors (differentiated grid times).
             shifted = [0] + poly
             for k, coefficient in enumerate(poly):
-                shifted[k] -= x_m * coefficient
+                shifted[k] = shifted[k] - x_m * coefficient
             poly = shifted
-            denominator *= x_j - x_m
+            denominator = denominator * (x_j - x_m)
         integral = sum(coefficient / (k + 1) for k, coefficient in enumerate(poly))
         weights.append(integral / denominator)
     return weights

@@ -17,8 +17,13 @@ import torch
 
 
 def row_scale(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``values`` of shape ``(B,)`` as ``(B, 1, ..., 1)`` in the dtype of ``like``."""
+    """``values`` of shape ``(B,)`` as ``(B, 1, ..., 1)`` in the dtype of ``like``.
+
+    A 0-dim ``values`` (one differentiated value for the whole state) stays 0-dim.
+    """
     dtype = like.real.dtype if like.is_complex() else like.dtype
+    if values.ndim == 0:
+        return values.to(dtype)
     return values.to(dtype).reshape((-1,) + (1,) * (like.ndim - 1))
 
 

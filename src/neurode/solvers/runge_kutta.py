@@ -54,11 +54,19 @@ StepSize = float | torch.Tensor
 def linear_combination(base: torch.Tensor | None, terms, coefficients) -> torch.Tensor:
     """``base + Σ_j coefficients[j] * terms[j]``, skipping zero coefficients.
 
-    ``base=None`` means zero. The result never aliases ``base`` or a term, so the
-    in-place accumulation is safe under autograd.
+    ``base=None`` means zero. A coefficient may be a 0-dim tensor (a weight that is
+    differentiated). The result never aliases ``base`` or a term, so the in-place
+    accumulation is safe under autograd.
     """
     result = None
     for coefficient, term in zip(coefficients, terms):
+        if isinstance(coefficient, torch.Tensor):
+            addition = term * coefficient.to(term.dtype)
+            if result is None:
+                result = addition if base is None else base + addition
+            else:
+                result = result + addition
+            continue
         if coefficient == 0.0:
             continue
         if result is None:
@@ -290,8 +298,9 @@ class RungeKuttaStepper:
         """
         tableau, coefficients = self.tableau, self._coefficients
         h = step_size
-        per_row = isinstance(h, torch.Tensor)
-        h_rows = row_scale(h, y0) if per_row else None
+        h_rows = None
+        if isinstance(h, torch.Tensor):  # per row, or one differentiable step size
+            h_rows = row_scale(h, y0)
         t_end = t + h if t1 is None else t1
         end_perturb = -1 if perturb_end else 0
         count = stage_count = self._stage_count

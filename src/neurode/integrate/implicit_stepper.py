@@ -65,13 +65,13 @@ class StageSolverSettings:
     ``jacobian`` is the user's ``jacobian(t, y)`` in the user's time and
     orientation (``∂func/∂y``; ``(N, N)`` for the flattened state, ``(B, d, d)``
     per sample), or None for ``torch.func`` with ``jacobian_method``
-    (``"reverse"`` or ``"forward"``). ``krylov`` selects matrix-free GMRES.
+    (``"reverse"``, the default, or ``"forward"``). ``krylov`` selects matrix-free GMRES.
     """
 
     rtol: float | torch.Tensor
     atol: float | torch.Tensor
     jacobian: Callable | None = None
-    jacobian_method: str = "forward"
+    jacobian_method: str = "reverse"
     krylov: KrylovSettings | None = None
     reversed_time: bool = False
     max_iterations: int = DEFAULT_MAX_ITERATIONS
@@ -439,6 +439,25 @@ class ImplicitRungeKuttaMethod:
             self._eta = torch.where(rows, newton.eta, old)
         f1 = attempt.end_derivative(field)
         self._f0 = torch.where(row_scale(rows, f1).bool(), f1, self._f0)
+
+    # ---------------------------------------------------------------- switching (auto)
+    def resume(self, f0: torch.Tensor | None, perturb: int = 0) -> None:
+        """Go on from a point another stepper reached: ``f0`` there (None: evaluate it)."""
+        self._f0, self._start_perturb = f0, perturb
+        self.mark_moved(None)
+
+    def mark_moved(self, rows: torch.Tensor | None) -> None:
+        """The state (of ``rows``) moved under another stepper: its Jacobian is out of date."""
+        if self.cache is not None and (rows is None or bool(rows.any())):
+            self.cache.step_accepted(float("inf"), rows)
+
+    def jacobian_at_start(self) -> torch.Tensor:
+        """The Jacobian the latest step's iteration matrix was built from."""
+        return self.cache.jacobian
+
+    def current_derivative(self) -> tuple[torch.Tensor | None, int]:
+        """``(f, perturb)`` at the point the next step starts from (f None: not known yet)."""
+        return self._f0, self._start_perturb
 
     def reject(self, attempt: ImplicitAttempt) -> None:
         converged = attempt.converged

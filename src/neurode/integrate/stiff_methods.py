@@ -14,8 +14,9 @@ Options besides the common adaptive or fixed-grid ones:
 
 - ``jacobian``: ``jacobian(t, y) -> ∂func/∂y`` called like ``func`` (``(N, N)``
   for the flattened state; ``(B, d, d)``, one block per row, with
-  ``batch="per_sample"``); or ``"forward"`` / ``"reverse"`` to pick the mode of
-  automatic differentiation (``torch.func``; default ``"forward"``);
+  ``batch="per_sample"``); or ``"reverse"`` (default: one evaluation and a
+  batched backward pass) / ``"forward"`` (``torch.func.jacfwd``) to pick the
+  mode of automatic differentiation;
 - ``linear_solver``: ``"lu"`` (default: dense LU, batched per row) or
   ``"krylov"`` (matrix-free GMRES on Jacobian–vector products, for states
   whose dense Jacobian does not fit), or a dict of GMRES settings
@@ -24,6 +25,10 @@ Options besides the common adaptive or fixed-grid ones:
 - ``autonomous`` (Rosenbrock methods and ``auto``): ``True`` declares that
   ``func`` does not depend on ``t``, which saves the evaluation for ``∂f/∂t``
   in every step.
+
+``auto`` (:mod:`neurode.integrate.auto_switch`) starts with ``tsit5`` and
+switches to ``stiff_method`` (``"rodas5p"``, default, or ``"kvaerno5"``) where
+the problem is stiff, and back; it takes the options of both.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from ..errors import InvalidOptionError
 from ..solvers.linear_solve import KrylovSettings
 from ..solvers.newton import DEFAULT_MAX_ITERATIONS
 from ..solvers.tableaus.stiff import IMPLICIT_TABLEAUS, ROSENBROCK_TABLEAUS
+from .auto_switch import AutoSwitchMethod
 from .implicit_stepper import ImplicitRungeKuttaMethod, StageSolverSettings
 from .methods import ADAPTIVE_OPTIONS, FIXED_OPTIONS, BuildContext, register_method
 from .problem import MethodSpec
@@ -65,8 +71,8 @@ def stage_settings(
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
 ) -> StageSolverSettings:
     """The stage-solver options, checked."""
-    jacobian = options.get("jacobian", "forward")
-    method = "forward"
+    jacobian = options.get("jacobian", "reverse")
+    method = "reverse"
     user = None
     if isinstance(jacobian, str):
         if jacobian not in ("forward", "reverse"):
@@ -178,14 +184,45 @@ def build_implicit_fixed(name: str, options: dict[str, Any], context: BuildConte
 
 _FIXED_EXTRA = STAGE_OPTIONS | {"max_iters"}
 
+AUTO_IMPLICIT = ("rodas5p", "kvaerno5")
+
+
+def build_auto(name: str, options: dict[str, Any], context: BuildContext):
+    """``auto``: tsit5, and ``stiff_method`` (default rodas5p) where the problem is stiff."""
+    options = dict(options)
+    implicit = options.pop("stiff_method", AUTO_IMPLICIT[0])
+    if implicit not in AUTO_IMPLICIT:
+        raise InvalidOptionError(
+            f"stiff_method must be one of {', '.join(AUTO_IMPLICIT)}, got {implicit!r}"
+        )
+    autonomous = _autonomous(options)
+    rosenbrock = implicit in ROSENBROCK_TABLEAUS
+    settings = stage_settings(options, context, krylov_allowed=not rosenbrock)
+
+    def stepper() -> AutoSwitchMethod:
+        if rosenbrock:
+            inner = RosenbrockMethod(ROSENBROCK_TABLEAUS[implicit], settings, autonomous=autonomous)
+        else:
+            inner = ImplicitRungeKuttaMethod(IMPLICIT_TABLEAUS[implicit], settings)
+        return AutoSwitchMethod(inner, user_time=context.user_time)
+
+    return MethodSpec(
+        name=name, kind="adaptive", stepper=stepper, adaptive=context.adaptive_options(options)
+    )
+
+
 for _name in IMPLICIT_ADAPTIVE_NAMES:
     register_method(_name, ADAPTIVE_OPTIONS | STAGE_OPTIONS, build_implicit_adaptive)
 for _name in ROSENBROCK_NAMES:
     register_method(_name, ADAPTIVE_OPTIONS | STAGE_OPTIONS | {"autonomous"}, build_rosenbrock)
 for _name in IMPLICIT_FIXED_NAMES:
     register_method(_name, FIXED_OPTIONS | _FIXED_EXTRA, build_implicit_fixed)
+register_method(
+    "auto", ADAPTIVE_OPTIONS | STAGE_OPTIONS | {"autonomous", "stiff_method"}, build_auto
+)
 
 __all__ = [
+    "AUTO_IMPLICIT",
     "IMPLICIT_ADAPTIVE_NAMES",
     "IMPLICIT_FIXED_NAMES",
     "ROSENBROCK_NAMES",

@@ -8,7 +8,7 @@ from . import errors
 from ._version import __version__
 from .api import method_names, odeint, odeint_adjoint, odeint_dense, odeint_event, solve
 from .check_gradients import GradientDriftWarning, GradientReport, check_gradients
-from .errors import SolverError
+from .errors import SolverError, StiffnessWarning
 from .gradients.reversible import ReversibleInstabilityWarning
 from .integrate.solution import Solution
 from .sensitivities import sensitivities
@@ -20,6 +20,7 @@ __all__ = [
     "ReversibleInstabilityWarning",
     "Solution",
     "SolverError",
+    "StiffnessWarning",
     "check_gradients",
     "errors",
     "method_names",

@@ -27,13 +27,12 @@ Writes ``metrics.json`` (arguments, per-model errors, timings, loss history),
 and plots to ``--out``: posterior samples of the latent ODE over the
 observations and the extrapolation, with the baselines' predictions.
 
-``--quick`` trains fewer series for fewer epochs (a few minutes on two CPU
-cores). Every epoch of every model is checkpointed; ``--resume`` continues an
-interrupted run.
+The defaults take a few minutes on two CPU cores (one torch thread,
+``--threads``). Every epoch of every model is checkpointed; ``--resume``
+continues an interrupted run.
 
 Examples::
 
-    neurode latent --dataset spirals --quick
     neurode latent --dataset spirals
     neurode latent --dataset spirals --n-obs 30 50 100 --epochs 300 --train-size 1000
     neurode latent --dataset pendulum --missing 0.3
@@ -89,9 +88,6 @@ _GRADIENT_CLIP = 10.0
 _PLOTTED_SERIES = 3
 _PLOTTED_SAMPLES = 5
 _DEFAULTS = {"epochs": 60, "train_size": 500}
-# --quick: half the epochs (measured times in the README; with 200 series and 30
-# epochs the latent ODE had not yet learned the spirals).
-QUICK = {"epochs": 30}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -102,13 +98,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--dataset", choices=DATASETS, default="spirals", help="experiment")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a few minutes' run: "
-        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items())
-        + " unless given",
-    )
     parser.add_argument(
         "--models",
         nargs="+",
@@ -181,7 +170,7 @@ class _Task:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    apply_quick(args, QUICK, _DEFAULTS)
+    apply_quick(args, {}, _DEFAULTS)
     apply_threads(args)
     require_at_least_one(
         args, ("epochs", "test_size", "batch_size", "latent_dim", "hidden", "width")

@@ -84,6 +84,10 @@ class _RowAttempt:
         if not isinstance(converged, torch.Tensor):
             converged = torch.full_like(implicit_rows, bool(converged))
         self.converged = torch.where(implicit_rows, converged, True)
+        finite = getattr(implicit, "finite", True)
+        if not isinstance(finite, torch.Tensor):
+            finite = torch.full_like(implicit_rows, bool(finite))
+        self.finite = torch.where(implicit_rows, finite, True)
 
     def dense_states(self, field: VectorField, thetas, out=None):
         # Per row θ is a (B,) tensor and the result one state.

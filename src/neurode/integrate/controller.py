@@ -40,7 +40,11 @@ UserTime = Callable[[float], float]
 """Maps solver time to the user's time (they differ in sign when ``t`` decreases)."""
 
 NEWTON_FAILURE_FACTOR = 0.5
-"""A step whose implicit stages did not converge is retried at this fraction (HNW II §IV.8)."""
+"""A step whose implicit stages did not converge is retried at this fraction (HNW II §IV.8).
+
+An attempt may also say ``finite=False`` (per row: a mask): its stages met NaN or
+infinity, so a step size that underflows there is reported as ``func`` leaving its
+domain rather than as the solution changing too fast."""
 
 
 @dataclass(frozen=True)
@@ -223,7 +227,7 @@ class PIDController:
         """``(accept, next_step_size, accept)`` for the attempted step of size ``h`` from ``t``."""
         coefficients = self.coefficients
         if not attempt.converged:
-            self._last_finite = True
+            self._last_finite = bool(getattr(attempt, "finite", True))
             self._rejected += 1
             return False, min(max(h * NEWTON_FAILURE_FACTOR, self._clip[0]), self._clip[1]), False
         ratio = 0.0
@@ -376,7 +380,10 @@ class RowPIDController:
             raise _state_non_finite_error(self.user_time(float(t[row])), f" of row {row}")
         self._accepted += accept
         self._rejected += active & ~accept
-        self._last_finite = torch.where(active, finite | ~converged, self._last_finite)
+        stages_finite = getattr(attempt, "finite", True)
+        self._last_finite = torch.where(
+            active, finite | (~converged & stages_finite), self._last_finite
+        )
         return accept, torch.where(active, proposed, h), any_accepted
 
 
@@ -478,6 +485,8 @@ class GridController:
 
     def decide(self, t: float, h: float, attempt) -> tuple[bool, float]:
         if not attempt.converged:
+            if not getattr(attempt, "finite", True):
+                raise _non_finite_error(self.user_time(t))
             raise SolverError(
                 f"the implicit stages of the step from t={self.user_time(t):.6g} did not "
                 "converge, and a fixed grid cannot retry with a smaller step; use a smaller "

@@ -184,6 +184,13 @@ class ImplicitAttempt:
         self.y0, self.y1 = y0, step.y1
         self.step = step
         self.converged = converged
+        finite = step.finite
+        if finite is None:
+            finite = True
+        elif not isinstance(converged, torch.Tensor):
+            finite = converged or bool(finite)
+        self.finite = finite
+        """False (per row) where the stages met NaN or infinity rather than converging slowly."""
         self.end_on_jump = end_on_jump
         self.f0 = f0
         self._f1 = None

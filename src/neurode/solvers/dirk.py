@@ -89,6 +89,7 @@ def dirk_step(
 
     stages: list[torch.Tensor] = []
     converged = row_flags(True, y0, per_row)
+    finite = row_flags(True, y0, per_row)
     iterations = torch.zeros(converged.shape, dtype=torch.long, device=y0.device)
     rate = torch.zeros(converged.shape, dtype=y0.dtype, device=y0.device)
     evaluations = 0
@@ -123,6 +124,7 @@ def dirk_step(
         evaluations += result.evaluations
         eta = result.eta
         converged = converged & result.converged
+        finite = finite & result.finite
         iterations = iterations + result.iterations
         rate = torch.maximum(rate, result.rate)
         stages.append(divide_rows(result.z, h_gamma, predictor))
@@ -139,7 +141,17 @@ def dirk_step(
         nan = torch.full_like(y0, float("nan"))
         error = nan if tableau.adaptive else None
         return ImplicitStep(
-            nan, error, None, stages, converged, evaluations, newton, y0, h_rows, tableau.dense
+            nan,
+            error,
+            None,
+            stages,
+            converged,
+            evaluations,
+            newton,
+            y0,
+            h_rows,
+            tableau.dense,
+            finite,
         )
 
     if tableau.stiffly_accurate and stage_increment is not None:
@@ -166,6 +178,7 @@ def dirk_step(
         y0=y0,
         stage_scale=h_rows,
         dense=tableau.dense,
+        finite=finite,
     )
 
 

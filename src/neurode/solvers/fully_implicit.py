@@ -138,4 +138,5 @@ def fully_implicit_step(
         y0=y0,
         stage_scale=h_rows,
         dense=tableau.dense,
+        finite=result.finite,
     )

@@ -59,6 +59,9 @@ class ImplicitStep:
     """``σ`` of the dense formula: ``h`` (rows shaped like ``y0`` in per-row mode) or 1."""
     dense: tuple[tuple[float, ...], ...]
     """``P``: the coefficients of ``θ, θ², …`` in each stage's dense weight."""
+    finite: torch.Tensor | None = None
+    """Like ``converged``: False where a stage solve met NaN or infinity (``f`` left its
+    domain) rather than converging too slowly; None when not tracked."""
 
     def interpolate(self, theta: float | torch.Tensor) -> torch.Tensor:
         """The solution at ``t + θh``, ``θ ∈ [0, 1]`` (per row: a ``(B,)`` tensor)."""

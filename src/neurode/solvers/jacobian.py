@@ -48,13 +48,14 @@ def dense_jacobian(
     if method not in JACOBIAN_METHODS:
         raise ValueError(f"unknown Jacobian method {method!r}; expected one of {JACOBIAN_METHODS}")
     y = y.detach()
+    if method == "reverse":
+        return _reverse_jacobian(func, t, y, per_row)
     if not per_row:
 
         def flat_field(flat: torch.Tensor) -> torch.Tensor:
             return _as_state(func(t, flat.view_as(y)), y).reshape(-1)
 
-        transform = torch.func.jacrev if method == "reverse" else torch.func.jacfwd
-        return transform(flat_field)(y.reshape(-1)).detach().contiguous()
+        return torch.func.jacfwd(flat_field)(y.reshape(-1)).detach().contiguous()
 
     rows, d = y.shape[0], y[0].numel()
     # Basis vector k set in every row: shape (d, B, *row_shape).
@@ -64,16 +65,40 @@ def dense_jacobian(
     def field(state: torch.Tensor) -> torch.Tensor:
         return _as_state(func(t, state), y)
 
-    if method == "reverse":
-        _, pullback = torch.func.vjp(field, y)
-        (products,) = torch.func.vmap(pullback)(basis)  # [k, b] = e_kᵀ J_b: row k
-        return products.reshape(d, rows, d).permute(1, 0, 2).contiguous().detach()
-
     def push(tangent: torch.Tensor) -> torch.Tensor:
         return torch.func.jvp(field, (y,), (tangent,))[1]
 
     products = torch.func.vmap(push)(basis)  # [k, b] = J_b e_k: column k
     return products.reshape(d, rows, d).permute(1, 2, 0).contiguous().detach()
+
+
+def _reverse_jacobian(func: VectorField, t, y: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """Rows of ``J`` by one evaluation of ``func`` and a batched backward pass.
+
+    Plain autograd rather than ``torch.func.jacrev``: the forward pass then runs
+    without functorch's wrappers, which on small states costs as much as the
+    products themselves; only the backward pass is vectorised.
+    """
+    with torch.enable_grad():
+        state = y.clone().requires_grad_(True)
+        out = _as_state(func(t, state), y)
+        if per_row:
+            rows, d = y.shape[0], y[0].numel()
+            # Basis vector k set in every row: [k, b] = e_kᵀ J_b, row k of each block.
+            basis = torch.eye(d, dtype=y.dtype, device=y.device)
+            basis = basis[:, None, :].expand(d, rows, d).reshape(d, *y.shape)
+        else:
+            n = y.numel()
+            basis = torch.eye(n, dtype=y.dtype, device=y.device).reshape(n, *y.shape)
+        if not out.requires_grad:
+            products = torch.zeros_like(basis)
+        else:
+            (products,) = torch.autograd.grad(
+                out, state, basis, is_grads_batched=True, materialize_grads=True
+            )
+    if per_row:
+        return products.reshape(d, rows, d).permute(1, 0, 2).contiguous()
+    return products.reshape(n, n).contiguous()
 
 
 def user_jacobian(

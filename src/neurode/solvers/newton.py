@@ -64,6 +64,8 @@ class NewtonResult:
     """``η`` of the last iteration, to seed the next solve's first stopping test."""
     evaluations: int
     """Calls of ``residual`` (each covers every row)."""
+    finite: torch.Tensor | None = None
+    """False where an increment was NaN or infinite (``f`` left its domain), not just slow."""
 
 
 def newton_tolerance(rtol: float, dtype: torch.dtype) -> float:
@@ -127,13 +129,14 @@ def _iterate_joint(residual, solve, norm, z, dz, size, kappa, max_iterations, et
     size = float(size)
     eta_k = float(_first_eta(eta, torch.ones((), dtype=dz.dtype)))
     eta_out, rate, iterations, converged = eta_k, 0.0, 0, False
-    evaluations, previous = 1, 1.0
+    evaluations, previous, finite = 1, 1.0, True
     for k in range(max_iterations):
         if k > 0:
             dz = solve(residual(z), z)
             evaluations += 1
             size = float(norm(dz))
         if not math.isfinite(size):
+            finite = False
             break
         if k > 0:
             contraction = size / previous
@@ -162,6 +165,7 @@ def _iterate_joint(residual, solve, norm, z, dz, size, kappa, max_iterations, et
         torch.tensor(rate, dtype=dz.dtype, device=device),
         torch.tensor(eta_out, dtype=dz.dtype, device=device),
         evaluations,
+        torch.tensor(finite, device=device),
     )
 
 
@@ -174,6 +178,7 @@ def _iterate_rows(residual, solve, norm, z, dz, size, kappa, max_iterations, eta
     eta_k = eta_out = _first_eta(eta, size)
     contraction = torch.zeros_like(size)
     hopeless = torch.zeros_like(active)
+    blown = torch.zeros_like(active)
     evaluations, previous = 1, size
     for k in range(max_iterations):
         if k > 0:
@@ -190,6 +195,7 @@ def _iterate_rows(residual, solve, norm, z, dz, size, kappa, max_iterations, eta
                 eta_k = torch.where(catching_up, eta_out, eta_k)
                 contraction = torch.where(catching_up, 0.0, contraction)
                 hopeless = torch.zeros_like(hopeless)
+        blown = blown | (active & ~torch.isfinite(size))
         failed = active & (~torch.isfinite(size) | hopeless)
         moving = active & ~failed
         z = torch.where(_expand(moving, z), z + dz, z)
@@ -202,7 +208,7 @@ def _iterate_rows(residual, solve, norm, z, dz, size, kappa, max_iterations, eta
         previous = size
         if not bool(active.any()):
             break
-    return NewtonResult(z, converged, iterations, rate, eta_out, evaluations)
+    return NewtonResult(z, converged, iterations, rate, eta_out, evaluations, ~blown)
 
 
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

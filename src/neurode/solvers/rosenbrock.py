@@ -134,4 +134,5 @@ def rosenbrock_step(
         y0=y0,
         stage_scale=1.0,
         dense=dense_rows(tableau),
+        finite=converged,
     )

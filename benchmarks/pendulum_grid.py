@@ -152,10 +152,27 @@ def _interval(model: dict, name: str) -> str:
     return f"{value:.4g} [{low_high[0]:.4g}, {low_high[1]:.4g}]"
 
 
+def _short_flags(models: dict) -> str:
+    """The poor-model flags in a few words: training MSE / noise variance, or extrapolation."""
+    parts = []
+    for name, model in models.items():
+        reasons = []
+        for flag in model.get("flags") or []:
+            if flag.startswith("training residuals"):
+                reasons.append("fit " + flag.split()[2] + " noise")
+            elif "rest position" in flag:
+                reasons.append("extrap. no better than rest")
+            else:
+                reasons.append("moves where data rest")
+        if reasons:
+            parts.append(f"{name.replace('blackbox', 'black box')}: {', '.join(reasons)}")
+    return "; ".join(parts) or "—"
+
+
 def markdown_table(results: list[dict]) -> str:
     header = (
         "| case | g/L | μ | span s | traj. | sampling | physics g/L [95%] | physics μ [95%] "
-        "| hybrid g/L | hybrid μ | black box extrap. / rest | flags |"
+        "| hybrid g/L | hybrid μ | black box extrap. / rest | flagged as poor |"
     )
     rule = "|" + "---|" * (header.count("|") - 1)
     rows = [header, rule]
@@ -166,17 +183,12 @@ def markdown_table(results: list[dict]) -> str:
         blackbox = models.get("blackbox", {})
         rest = result["baselines"]["rest"]["extrapolation_mse"]
         ratio = f"{blackbox['extrapolation_mse'] / rest:.2f}" if blackbox and rest else "—"
-        flags = "; ".join(
-            f"{name}: {', '.join(model.get('flags') or [])}"
-            for name, model in models.items()
-            if model.get("flags")
-        )
         rows.append(
             f"| {case['name']} | {case['g_over_l']:g} | {case['mu']:g} | {case['span']:g} "
             f"| {case['n_trajectories']} | {'irregular' if case['irregular'] else 'regular'} "
             f"| {_interval(physics, 'g_over_l')} | {_interval(physics, 'mu')} "
             f"| {_percent(hybrid.get('g_over_l'), case['g_over_l'])} "
-            f"| {_percent(hybrid.get('mu'), case['mu'])} | {ratio} | {flags or '—'} |"
+            f"| {_percent(hybrid.get('mu'), case['mu'])} | {ratio} | {_short_flags(models)} |"
         )
     return "\n".join(rows)
 
@@ -193,8 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/pendulum-grid"))
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     parser.add_argument("--json", type=Path, default=None, help="also write all metrics here")
+    parser.add_argument(
+        "--table-from",
+        type=Path,
+        default=None,
+        help="print the table of an earlier --json file instead of running",
+    )
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="more `neurode pendulum` options")
     args = parser.parse_args(argv)
+    if args.table_from is not None:
+        print(markdown_table(json.loads(args.table_from.read_text(encoding="utf-8"))))
+        return 0
     cases = GRID if args.cases is None else [c for c in GRID if c.name in args.cases]
     unknown = set(args.cases or ()) - {c.name for c in cases}
     if unknown:

@@ -191,7 +191,8 @@ def test_95_percent_intervals_cover_the_truth_at_their_nominal_rate():
     assert 0.91 <= mu <= 0.99, mu
 
 
+@pytest.mark.slow
 def test_intervals_cover_the_truth_in_most_of_a_few_repetitions():
-    """A fast version of the coverage test: 30 datasets; Binomial(30, 0.95) >= 25 with p > 0.98."""
+    """A shorter coverage test: 30 datasets; Binomial(30, 0.95) >= 25 with p > 0.98."""
     g_over_l, mu = _coverage(30)
     assert g_over_l >= 25 / 30 and mu >= 25 / 30

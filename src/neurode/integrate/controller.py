@@ -173,6 +173,7 @@ class PIDController:
         self._jumps = jump_points
         self._next_break = 0
         self._next_break_time = self._breakpoints[0] if self._breakpoints else math.inf
+        self._on_breakpoint = self._at_min_step = False
         self._t_end = t_end
         self._history = [1.0, 1.0]
         self._accepted = self._rejected = 0
@@ -208,6 +209,8 @@ class PIDController:
             raise _max_steps_error(self.max_num_steps, self.user_time(t), step_size)
         low, high = self._clip
         step_size = min(max(step_size, low), high)
+        # (t + h) - t may round above h: remember the floor was hit, not compare h again.
+        self._at_min_step = step_size <= low
         t1 = min(t + step_size, self._t_end)
         on_breakpoint = self._next_break_time <= t1
         if on_breakpoint:
@@ -236,7 +239,7 @@ class PIDController:
             if not value <= ratio:  # NaN wins, so that it is never taken for a small error
                 ratio = value
         finite = self._last_finite = math.isfinite(ratio)
-        accept = finite and (ratio <= 1.0 or h <= coefficients.min_step)
+        accept = finite and (ratio <= 1.0 or self._at_min_step)
         if not finite:
             factor = coefficients.dfactor
         elif ratio == 0.0:
@@ -358,7 +361,8 @@ class RowPIDController:
         if not isinstance(converged, torch.Tensor):
             converged = torch.full_like(active, bool(converged))
         finite = torch.isfinite(ratio)
-        accept = active & converged & finite & ((ratio <= 1.0) | (h <= c.min_step))
+        at_min_step = h <= c.min_step * (1 + 1e-12)  # (t + h) - t may round above h
+        accept = active & converged & finite & ((ratio <= 1.0) | at_min_step)
         positive = finite & (ratio > 0)
         factor = c.factor(
             torch.where(positive, ratio, 1.0), self._history[:, 0], self._history[:, 1], self._k

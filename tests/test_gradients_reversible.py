@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
 
 import neurode
-from neurode.errors import NeurodeInputError, UnknownMethodError, UnknownOptionError
-from neurode.gradients.reversible import ReversibleInstabilityWarning
+from neurode.errors import (
+    NeurodeInputError,
+    ReversibleInstabilityError,
+    SolverError,
+    UnknownMethodError,
+    UnknownOptionError,
+)
+from neurode.gradients import _reversible_guards
+from neurode.integrate import reversible_coupling
+from neurode.integrate.reversible_coupling import _fastest_decay
 from neurode.solvers.reversible import reversible_step, reversible_step_back, rk_increment
 from neurode.solvers.tableaus import TABLEAUS
 
@@ -61,7 +68,8 @@ def _gradients(func, y0, t, loss_weights, **solve_kwargs) -> torch.Tensor:
 
 
 def _replayed_gradients(func, y0, times, loss_weights, save_steps, coupling, tableau):
-    """Plain autograd through the reversible steps at the given times."""
+    """Plain autograd through the reversible steps at the given times (``coupling``: one
+    ``λ`` for all steps, or one per step)."""
     y0 = y0.detach().clone().requires_grad_(True)
 
     def field(s, y, perturb=0):
@@ -69,8 +77,9 @@ def _replayed_gradients(func, y0, times, loss_weights, save_steps, coupling, tab
 
     y = z = y0
     states = [y0]
-    for t0, t1 in zip(times[:-1], times[1:]):
-        step = reversible_step(TABLEAUS[tableau], field, t0, t1, y, z, coupling)
+    couplings = coupling if isinstance(coupling, list) else [coupling] * (len(times) - 1)
+    for t0, t1, step_coupling in zip(times[:-1], times[1:], couplings):
+        step = reversible_step(TABLEAUS[tableau], field, t0, t1, y, z, step_coupling)
         y, z = step.y1, step.z1
         states.append(y)
     ys = torch.stack([states[i] for i in save_steps])
@@ -242,12 +251,51 @@ def test_adaptive_gradient_is_backprop_through_the_accepted_steps():
     func = _Dynamics()
     t = torch.linspace(0.0, 2.0, 5, dtype=DTYPE)
     gradient = _gradients(
-        func, _Y0, t, _WEIGHTS_5, method="tsit5", rtol=1e-8, atol=1e-10, gradient="reversible"
+        func,
+        _Y0,
+        t,
+        _WEIGHTS_5,
+        method="tsit5",
+        rtol=1e-8,
+        atol=1e-10,
+        gradient="reversible",
+        gradient_options={"coupling": 0.999},
     )
     times = [t0 for t0, _ in func.accepted] + [2.0]
     assert len(times) > 10
     save_steps = [times.index(float(s)) for s in t]  # the steps land exactly on save times
     expected = _replayed_gradients(func, _Y0, times, _WEIGHTS_5, save_steps, 0.999, "tsit5")
+    assert torch.allclose(gradient, expected, rtol=1e-11, atol=1e-13)
+
+
+def test_automatic_couplings_are_replayed_exactly_by_backward(monkeypatch):
+    """Backward walks the accepted steps with the very ``λ_n`` the forward solve chose."""
+    chosen: dict[tuple[float, float], float] = {}
+    call = reversible_coupling.Coupling.__call__
+
+    def recording(self, h, y, z, f_y, f_z, increment):
+        coupling = call(self, h, y, z, f_y, f_z, increment)
+        chosen[(len(chosen), h)] = coupling
+        return coupling
+
+    monkeypatch.setattr(reversible_coupling.Coupling, "__call__", recording)
+    func = _Dynamics()
+    t = torch.linspace(0.0, 2.0, 5, dtype=DTYPE)
+    gradient = _gradients(
+        func, _Y0, t, _WEIGHTS_5, method="tsit5", rtol=1e-8, atol=1e-10, gradient="reversible"
+    )
+    monkeypatch.setattr(reversible_coupling.Coupling, "__call__", call)
+    attempts = sorted(chosen.items())
+    couplings, position = [], 0
+    for _, h in func.accepted:  # an accepted step is the latest attempt with its size
+        while attempts[position][0][1] != h:
+            position += 1
+        couplings.append(attempts[position][1])
+        position += 1
+    assert len(set(couplings)) > 5  # the coupling did change from step to step
+    times = [t0 for t0, _ in func.accepted] + [2.0]
+    save_steps = [times.index(float(s)) for s in t]
+    expected = _replayed_gradients(func, _Y0, times, _WEIGHTS_5, save_steps, couplings, "tsit5")
     assert torch.allclose(gradient, expected, rtol=1e-11, atol=1e-13)
 
 
@@ -284,8 +332,10 @@ def test_saved_tensors_do_not_grow_with_the_number_of_steps():
         )
 
     for step_size in (0.1, 0.002):
-        node = solve("reversible", step_size).ys.grad_fn
-        assert len(node.saved_tensors) == 3  # y0, y_N, z_N
+        solution = solve("reversible", step_size)
+        assert len(solution.ys.grad_fn.saved_tensors) == 3  # y0, y_N, z_N
+        # ... and up to 16 evenly thinned forward pairs to check and restart from.
+        assert solution.stats["stored_pairs"] <= 16
     coarse = _saved_tensor_count(lambda: solve("reversible", 0.1))
     fine = _saved_tensor_count(lambda: solve("reversible", 0.002))
     assert coarse == fine
@@ -365,46 +415,233 @@ def _two_rate_matrix(slow: float, fast: float) -> torch.Tensor:
     "solve_kwargs",
     [
         dict(rtol=1e-8, atol=1e-10, gradient_options={"coupling_rate": 21.0}),
+        dict(rtol=1e-8, atol=1e-10),
         dict(gradient_options={"coupling": math.exp(-21.0 * 0.005), "step_size": 0.005}),
+        dict(gradient_options={"step_size": 0.005}),
     ],
-    ids=["adaptive-coupling-rate", "fixed-matched-coupling"],
+    ids=["adaptive-coupling-rate", "adaptive-automatic", "fixed-matched-coupling", "fixed-auto"],
 )
 def test_strongly_damped_two_rate_system_gives_the_true_gradient(solve_kwargs):
     """Decay rates 1 and 21 over [0, 1]: re-integrating the state backwards loses
-    ``e^20`` times the tolerance; the reversible solve with ``λ = exp(−21 h)`` only
-    ``e^20`` machine epsilons."""
+    ``e^20`` times the tolerance; the reversible solve with ``λ ≈ exp(−21 h)``, given
+    or found, only ``e^20`` machine epsilons."""
     matrix = _two_rate_matrix(1.0, 21.0)
     t = torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE)
     weights = torch.tensor([[0.0, 0.0], [1.0, -0.5], [0.7, 0.3]], dtype=DTYPE)
     func = _Linear(matrix)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ReversibleInstabilityWarning)
-        gradient = _gradients(func, _Y0, t, weights, gradient="reversible", **solve_kwargs)
+    gradient = _gradients(func, _Y0, t, weights, gradient="reversible", **solve_kwargs)
     exact = _linear_loss_gradients(matrix, _Y0, t.tolist(), weights)
     assert float((gradient - exact).norm() / exact.norm()) < 1e-6
 
 
-def test_default_coupling_warns_when_damping_outruns_it():
-    """``y' = −y`` on [0, 10] with steps of 0.1: the parasitic mode grows by
-    ``λ e^{0.1} ≈ 1.1`` a step, and the end state is far off."""
+def test_coupling_the_damping_outruns_stops_a_fixed_grid_solve():
+    """``y' = −y`` on [0, 10] with steps of 0.1 and ``λ = 0.999``: the parasitic mode grows
+    by ``λ e^{0.1} ≈ 1.1`` a step and the end state used to come back 60% off with a
+    warning. Now the solve stops, naming the time; the automatic coupling and the
+    matched ``coupling_rate`` give the right value."""
     func = _Linear(torch.tensor([[-1.0]], dtype=DTYPE))
     y0 = torch.ones(1, dtype=DTYPE)
     t = torch.tensor([0.0, 10.0], dtype=DTYPE)
-    with pytest.warns(ReversibleInstabilityWarning):
-        solution = neurode.solve(
-            func, y0, t, gradient="reversible", gradient_options={"step_size": 0.1}
-        )
-    assert abs(float(solution.ys[-1, 0].detach()) / math.exp(-10.0) - 1.0) > 0.1
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ReversibleInstabilityWarning)
-        matched = neurode.solve(
+    with pytest.raises(ReversibleInstabilityError, match="coupling_rate") as raised:
+        neurode.solve(
             func,
             y0,
             t,
             gradient="reversible",
-            gradient_options={"step_size": 0.1, "coupling_rate": 1.0},
+            gradient_options={"step_size": 0.1, "coupling": 0.999},
         )
-    assert float(matched.ys[-1, 0].detach()) == pytest.approx(math.exp(-10.0), rel=1e-6)
+    assert 0.0 < raised.value.t < 10.0
+    assert f"t={raised.value.t:.6g}" in str(raised.value)
+    # The automatic coupling keeps the gap within the fixed grid's tolerances (√ε,
+    # absolute below 1): 5e-11 here, 1e-6 of the final value.
+    for options, rel in (
+        ({"step_size": 0.1}, 1e-5),
+        ({"step_size": 0.1, "coupling_rate": 1.0}, 1e-6),
+    ):
+        value = neurode.solve(func, y0, t, gradient="reversible", gradient_options=options).ys
+        assert float(value[-1, 0].detach()) == pytest.approx(math.exp(-10.0), rel=rel)
+
+
+def test_instability_error_names_the_users_time_when_t_decreases():
+    """``y' = y`` from t = 10 down to 0 decays in the solver's direction."""
+    with pytest.raises(ReversibleInstabilityError) as raised:
+        neurode.solve(
+            lambda t, y: y,
+            torch.ones(1, dtype=DTYPE),
+            torch.tensor([10.0, 0.0], dtype=DTYPE),
+            method="rk4",
+            options={"step_size": 0.1},
+            gradient="reversible",
+            gradient_options={"coupling": 0.999},
+        )
+    assert 0.0 < raised.value.t < 10.0
+    assert isinstance(raised.value, SolverError)
+
+
+# --------------------------------------------------- correct to the tolerances, or an error
+def test_growing_exponential_value_and_gradient_are_exact():
+    """``y' = a y``, ``a = 5`` on [0, 5]: ``y = e^25``, ``dy/da = 5 e^25``. The backward
+    reconstruction used to amplify rounding by the growth ``e^25`` and returned
+    ``dy/da = 3.1e14`` for ``3.6e11``; ``λ > 1`` and restart pairs keep it exact."""
+    rate = torch.tensor(5.0, dtype=DTYPE, requires_grad=True)
+    solution = neurode.solve(
+        lambda t, y: rate * y,
+        torch.ones(1, dtype=DTYPE),
+        torch.tensor([0.0, 5.0], dtype=DTYPE),
+        gradient="reversible",
+        params=(rate,),
+    )
+    (gradient,) = torch.autograd.grad(solution.ys[-1].sum(), rate)
+    assert float(solution.ys[-1, 0].detach()) == pytest.approx(math.exp(25.0), rel=1e-5)
+    assert float(gradient) == pytest.approx(5.0 * math.exp(25.0), rel=1e-5)
+    assert solution.stats["reconstruction_drift"] < 1e-3
+
+
+@pytest.mark.parametrize("rotated", [False, True], ids=["diagonal", "rotated"])
+def test_decay_rates_half_and_thirty_meet_the_tolerances(rotated):
+    """Rates 0.5 and 30 over [0, 2] (the fast mode ends at ``e^{−60} ≈ 8.8e-27``): the
+    forward value used to be 8.9e17 with only a warning. The automatic coupling keeps
+    the gap damped, the error test keeps the solution within the tolerances, and restart
+    pairs keep the reconstruction (``e^{59}`` of growth backwards) accurate."""
+    rates = torch.tensor([-0.5, -30.0], dtype=DTYPE)
+    matrix = torch.diag(rates)
+    if rotated:
+        rotation = torch.tensor([[0.8, 0.6], [-0.6, 0.8]], dtype=DTYPE)
+        matrix = rotation @ matrix @ rotation.T
+    y0 = torch.ones(2, dtype=DTYPE)
+    t = torch.tensor([0.0, 2.0], dtype=DTYPE)
+    weights = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=DTYPE)
+    func = _Linear(matrix)
+    y0_leaf = y0.clone().requires_grad_(True)
+    solution = neurode.solve(func, y0_leaf, t, gradient="reversible")
+    exact_end = torch.linalg.matrix_exp(matrix * 2.0) @ y0
+    assert (solution.ys[-1].detach() - exact_end).abs().max() < 1e-8  # atol 1e-9, rtol 1e-7
+    loss = (weights * solution.ys).sum()
+    gradient = _flat(torch.autograd.grad(loss, [y0_leaf, func.matrix]))
+    exact = _linear_loss_gradients(matrix, y0, t.tolist(), weights)
+    assert float((gradient - exact).norm() / exact.norm()) < 1e-6
+    assert solution.stats["stored_pairs"] > 0
+
+
+class _Lorenz(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.tensor([10.0, 28.0, 8.0 / 3.0], dtype=DTYPE))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        sigma, rho, beta = self.p
+        x, v, w = y.unbind(-1)
+        return torch.stack([sigma * (v - x), x * (rho - w) - v, x * v - beta * w], -1)
+
+
+def _lorenz_gradient(t_end: float, **kwargs) -> tuple[torch.Tensor, dict]:
+    func = _Lorenz()
+    options = dict(rtol=1e-7, atol=1e-9) | kwargs
+    solution = neurode.solve(
+        func, torch.ones(3, dtype=DTYPE), torch.tensor([0.0, t_end], dtype=DTYPE), **options
+    )
+    (gradient,) = torch.autograd.grad(solution.ys[-1].sum(), func.p)
+    return gradient, solution.stats
+
+
+def test_lorenz_gradient_agrees_with_direct():
+    """Lorenz over [0, 1]: the gap used to grow on the contracting direction (rate ≈ 14.6)
+    and left the forward solution, so the gradient was 1–3% off with a reconstruction
+    error of 1e-10. Now it agrees with direct backprop (itself within 1e-6 of the truth)."""
+    reversible, stats = _lorenz_gradient(1.0, gradient="reversible")
+    direct, _ = _lorenz_gradient(1.0, gradient="direct")
+    tight, _ = _lorenz_gradient(1.0, gradient="direct", rtol=1e-10, atol=1e-12)
+    assert float((reversible - direct).norm() / direct.norm()) < 1e-5
+    assert float((reversible - tight).norm() / tight.norm()) < 1e-5
+    assert stats["coupling_min"] < 0.5  # the automatic coupling found the fast decay
+
+
+@pytest.mark.slow
+def test_lorenz_over_two_time_units_finishes_in_about_the_steps_of_direct():
+    """It used to crawl (40 s and counting): the gap grew faster than the steps could
+    shrink. Now it takes about as many steps as the base method and is as accurate."""
+    reversible, stats = _lorenz_gradient(2.0, gradient="reversible")
+    direct, direct_stats = _lorenz_gradient(2.0, gradient="direct")
+    tight, _ = _lorenz_gradient(2.0, gradient="direct", rtol=1e-10, atol=1e-12)
+    assert stats["steps"] < 1.5 * direct_stats["steps"]
+    assert float((reversible - tight).norm() / tight.norm()) < 1e-5
+    assert float((direct - tight).norm() / tight.norm()) < 1e-5
+
+
+def test_a_coupling_the_damping_outruns_stops_an_adaptive_solve_instead_of_crawling():
+    """``coupling=0.999`` on Lorenz: the gap grows on the contracting direction at
+    ``0.999 e^{14.6 h}`` a step, so only steps below 7e-5 could keep it within the
+    tolerances. The solve stops within a few hundred steps, naming the time."""
+    with pytest.raises(ReversibleInstabilityError, match="checkpoint") as raised:
+        _lorenz_gradient(2.0, gradient="reversible", gradient_options={"coupling": 0.999})
+    assert 0.0 < raised.value.t < 2.0
+
+
+def test_backward_check_stops_a_reconstruction_that_left_the_forward_states(monkeypatch):
+    """Without restart pairs the rotated 0.5/30 system amplifies rounding by ``e^{59}``
+    on the way back: the check against the stored start raises, naming the time."""
+
+    class NoRestarts(_reversible_guards.RestartPairs):
+        def __init__(self, save_times, thinned, budget):
+            super().__init__(save_times, 0, math.inf)
+
+    monkeypatch.setattr("neurode.gradients.reversible.RestartPairs", NoRestarts)
+    rotation = torch.tensor([[0.8, 0.6], [-0.6, 0.8]], dtype=DTYPE)
+    func = _Linear(rotation @ torch.diag(torch.tensor([-0.5, -30.0], dtype=DTYPE)) @ rotation.T)
+    y0 = torch.ones(2, dtype=DTYPE, requires_grad=True)
+    t = torch.tensor([0.0, 2.0], dtype=DTYPE)
+    solution = neurode.solve(func, y0, t, gradient="reversible")
+    with pytest.raises(ReversibleInstabilityError, match="reconstruction") as raised:
+        solution.ys[-1].sum().backward()
+    assert raised.value.t == 0.0
+    # The check is what stands between the user and a wrong gradient.
+    unchecked = neurode.solve(
+        func, y0, t, gradient="reversible", gradient_options={"reconstruction_limit": math.inf}
+    )
+    (gradient,) = torch.autograd.grad(unchecked.ys[-1].sum(), func.matrix)
+    weights = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=DTYPE)
+    exact = _linear_loss_gradients(func.matrix.detach(), y0.detach(), [0.0, 2.0], weights)[2:]
+    assert float((gradient.reshape(-1) - exact).norm() / exact.norm()) > 1e-3
+
+
+def test_float32_at_the_default_tolerances_agrees_with_direct():
+    """``rtol`` = 1e-7 is about float32's ε: the checks allow for rounding."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+    y0 = torch.randn(16, 4)
+    t = torch.tensor([0.0, 3.0])
+    gradients = {}
+    for gradient in ("direct", "reversible"):
+        net.zero_grad()
+        y = y0.clone().requires_grad_(True)
+        solution = neurode.solve(lambda s, x: net(x), y, t, rtol=1e-9, atol=1e-9, gradient=gradient)
+        (solution.ys[-1] ** 2).sum().backward()
+        gradients[gradient] = _flat([y.grad, *[p.grad for p in net.parameters()]])
+    difference = gradients["reversible"] - gradients["direct"]
+    assert float(difference.norm() / gradients["direct"].norm()) < 1e-5
+
+
+def test_fastest_decay_is_found_from_gaps_spanning_the_space():
+    """The Ritz values of ``J`` on the span of the gaps: with three gaps in R³ they are
+    ``J``'s eigenvalues, and the fastest decay is ``max −Re μ``."""
+    generator = torch.Generator().manual_seed(5)
+    basis = torch.randn(3, 3, generator=generator, dtype=DTYPE)
+    eigenvalues = torch.tensor([-30.0, -0.5, 2.0], dtype=DTYPE)
+    matrix = basis @ torch.diag(eigenvalues) @ torch.linalg.inv(basis)
+    gaps = torch.randn(3, 3, generator=generator, dtype=DTYPE)  # rows
+    images = gaps @ matrix.T
+    rate = _fastest_decay(gaps @ gaps.T, gaps @ images.T)
+    assert rate == pytest.approx(30.0, rel=1e-9)
+    # A rotation neither decays nor grows; a lone gap gives its Rayleigh quotient.
+    rotation = torch.tensor([[0.0, 2.0], [-2.0, 0.0]], dtype=DTYPE)
+    gaps = torch.randn(2, 2, generator=generator, dtype=DTYPE)
+    assert _fastest_decay(gaps @ gaps.T, gaps @ (gaps @ rotation.T).T) == pytest.approx(
+        0.0, abs=1e-12
+    )
+    gap = torch.tensor([[1.0, 0.0, 0.0]], dtype=DTYPE)
+    assert _fastest_decay(gap @ gap.T, gap @ (gap @ matrix.T).T) == pytest.approx(
+        -float(matrix[0, 0])
+    )
 
 
 # ------------------------------------------------------------------- other behaviour
@@ -445,6 +682,9 @@ def test_without_gradients_it_solves_the_same():
         (dict(gradient_options={"coupling": 0.0}), NeurodeInputError),
         (dict(gradient_options={"coupling": 1.5}), NeurodeInputError),
         (dict(gradient_options={"coupling": "0.9"}), NeurodeInputError),
+        (dict(gradient_options={"checkpoints": -1}), NeurodeInputError),
+        (dict(gradient_options={"checkpoints": 2.5}), NeurodeInputError),
+        (dict(gradient_options={"reconstruction_limit": 0.0}), NeurodeInputError),
         (dict(gradient_options={"coupling": 0.9, "coupling_rate": 1.0}), NeurodeInputError),
         (dict(gradient_options={"coupling_rate": -1.0}), NeurodeInputError),
         (dict(gradient_options={"step_size": -0.1}), NeurodeInputError),
@@ -484,3 +724,8 @@ def test_user_grid_is_used_and_save_times_are_added():
     )
     assert [t0 for t0, _ in func.accepted] == [0.0, 0.3, 0.4, 0.55]
     assert solution.stats["steps"] == 4
+
+
+def test_the_warning_class_stays_importable():
+    assert issubclass(neurode.ReversibleInstabilityWarning, Warning)
+    assert issubclass(ReversibleInstabilityError, SolverError)

@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,37 +80,45 @@ from ..integrate.controller import GridController, PIDController, fixed_grid_fro
 from ..integrate.dense_output import Segment
 from ..integrate.error_norm import ErrorNorm
 from ..integrate.problem import AdaptiveOptions, ODEProblem
+from ..integrate.reversible_coupling import Coupling
 from ..integrate.reversible_stepper import ReversibleMethod
 from ..solvers.reversible import rk_increment, undo_coupling
 from ..solvers.tableau import ButcherTableau
 from . import GradientResult, check_options, register
+from ._reversible_guards import (
+    ForwardGuard,
+    ReconstructionCheck,
+    RestartPairs,
+    check_tolerances,
+)
 from ._time_gradients import with_time_gradients
 from .captured import guard_first_evaluation
 
-DEFAULT_COUPLING = 0.999
-_OPTIONS = frozenset({"coupling", "coupling_rate", "step_size", "grid"})
-_GAP_WARNING = 1e-2
-"""Warn when ``‖y_N − z_N‖ > _GAP_WARNING · ‖y_N‖``: the parasitic mode has grown."""
+_OPTIONS = frozenset(
+    {"coupling", "coupling_rate", "step_size", "grid", "checkpoints", "reconstruction_limit"}
+)
+DEFAULT_CHECKPOINTS = 16
+"""Forward pairs kept, evenly thinned, besides those at save times and restarts."""
+DEFAULT_RECONSTRUCTION_LIMIT = 1.0
+"""How far (in the tolerances, RMS) a reconstructed pair may be from the stored one."""
 
 
 class ReversibleInstabilityWarning(RuntimeWarning):
-    """The reversible solve's parasitic mode ``y − z`` grew as large as the solution."""
+    """Kept for compatibility: the reversible solver now raises
+    :class:`~neurode.errors.ReversibleInstabilityError` where it used to warn."""
 
 
 @dataclass
 class _Settings:
     tableau: ButcherTableau
-    coupling: float
+    coupling: float | None
+    """A fixed ``λ``; None with ``coupling_rate`` None: automatic."""
     coupling_rate: float | None
     adaptive: AdaptiveOptions | None
     grid: list[float] | None
     """Solver times of every step (fixed steps), save times included."""
-
-    def coupling_for(self, t0: float, t1: float) -> float:
-        """``λ`` of the step from ``t0`` to ``t1``."""
-        if self.coupling_rate is None:
-            return self.coupling
-        return math.exp(-self.coupling_rate * abs(t1 - t0))
+    checkpoints: int
+    reconstruction_limit: float
 
 
 def _parse_options(
@@ -127,13 +134,24 @@ def _parse_options(
     coupling, rate = options.get("coupling"), options.get("coupling_rate")
     if coupling is not None and rate is not None:
         raise NeurodeInputError("give either coupling or coupling_rate, not both")
-    coupling = DEFAULT_COUPLING if coupling is None else _number("coupling", coupling)
-    if not 0.0 < coupling <= 1.0:
-        raise NeurodeInputError(f"coupling must be in (0, 1], got {coupling}")
+    if coupling == "auto":
+        coupling = None
+    elif coupling is not None:
+        coupling = _number("coupling", coupling)
+        if not 0.0 < coupling <= 1.0:
+            raise NeurodeInputError(f"coupling must be 'auto' or in (0, 1], got {coupling}")
     if rate is not None:
         rate = _number("coupling_rate", rate)
         if not (math.isfinite(rate) and rate >= 0.0):
             raise NeurodeInputError(f"coupling_rate must be finite and >= 0, got {rate}")
+    checkpoints = options.get("checkpoints", DEFAULT_CHECKPOINTS)
+    if isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 0:
+        raise NeurodeInputError(f"checkpoints must be an integer >= 0, got {checkpoints!r}")
+    limit = _number(
+        "reconstruction_limit", options.get("reconstruction_limit", DEFAULT_RECONSTRUCTION_LIMIT)
+    )
+    if not limit > 0.0:
+        raise NeurodeInputError(f"reconstruction_limit must be positive, got {limit}")
     step_size, user_grid = options.get("step_size"), options.get("grid")
     if step_size is not None and user_grid is not None:
         raise NeurodeInputError("give either step_size or grid in gradient_options, not both")
@@ -153,9 +171,16 @@ def _parse_options(
         grid = _grid_from_user(user_grid, t, t_solver, problem.reversed)
     elif spec.kind == "fixed":
         grid = spec.fixed.points(t_solver[0], t_solver[-1])
+    common = dict(
+        tableau=spec.tableau,
+        coupling=coupling,
+        coupling_rate=rate,
+        checkpoints=checkpoints,
+        reconstruction_limit=limit,
+    )
     if grid is not None:
-        return _Settings(spec.tableau, coupling, rate, None, _merge_save_times(grid, t_solver))
-    return _Settings(spec.tableau, coupling, rate, spec.adaptive, None)
+        return _Settings(adaptive=None, grid=_merge_save_times(grid, t_solver), **common)
+    return _Settings(adaptive=spec.adaptive, grid=None, **common)
 
 
 def _number(name: str, value: Any) -> float:
@@ -230,8 +255,12 @@ class _ReversibleIntegrator:
         self.segments: list[Segment] | None = [] if record_segments else None
         self.times: list[float] = []
         """Solver times of the accepted steps, ``times[0] = t_solver[0]``."""
+        self.couplings: list[float] = []
+        """``couplings[n]``: the ``λ`` of the step from ``times[n]`` to ``times[n + 1]``."""
         self.save_steps: list[int] = []
         """``save_steps[i]``: the index in ``times`` of save time ``i``."""
+        self.pairs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        """Forward pairs ``(y_n, z_n)`` kept to check and restart the reconstruction."""
 
     # ---------------------------------------------------------------------- forward
     def forward(self, y0: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -243,24 +272,36 @@ class _ReversibleIntegrator:
         states are states of the reversible solve itself.
         """
         problem, s = self.problem, self.settings
-        stepper = ReversibleMethod(
-            s.tableau,
-            s.coupling_for,
-            with_error=s.adaptive is not None,
-            full=self.segments is not None,
+        adaptive = s.adaptive
+        norm = check_tolerances(y0, adaptive)
+        self.check = ReconstructionCheck(
+            norm, y0, s.reconstruction_limit, problem.user_time, self.stats
         )
-        if s.grid is not None:
+        coupling = Coupling(norm.scale, value=s.coupling, rate=s.coupling_rate)
+        guard = ForwardGuard(coupling, adaptive is not None, problem.user_time)
+        keep = RestartPairs(set(self.t_solver[1:-1]), s.checkpoints, self.check.budget)
+        if adaptive is None:
+            controller_norm = None
             controller = GridController(grid=s.grid, user_time=problem.user_time)
         else:
-            options = s.adaptive
+            controller_norm = ErrorNorm(y0, adaptive.rtol, adaptive.atol, adaptive.norm)
             controller = PIDController(
-                ErrorNorm(y0, options.rtol, options.atol, options.norm),
-                options.coefficients,
-                first_step=options.first_step,
-                max_num_steps=options.max_num_steps,
-                step_t=(*options.step_t, *options.jump_t, *self.t_solver[1:-1]),
+                controller_norm,
+                adaptive.coefficients,
+                first_step=adaptive.first_step,
+                max_num_steps=adaptive.max_num_steps,
+                step_t=(*adaptive.step_t, *adaptive.jump_t, *self.t_solver[1:-1]),
                 user_time=problem.user_time,
             )
+        stepper = ReversibleMethod(
+            s.tableau,
+            coupling,
+            with_error=adaptive is not None,
+            full=self.segments is not None,
+            error_norm=controller_norm,
+            on_accept=keep,
+            on_step=guard,
+        )
         trajectory = problem.integrate(
             y0,
             self.t_solver,
@@ -272,24 +313,16 @@ class _ReversibleIntegrator:
             self.segments = trajectory.segments
         self.stats.update(trajectory.stats)
         self.times = stepper.times or [self.t_solver[0]]
+        self.couplings = stepper.couplings
         position = {time: index for index, time in enumerate(self.times)}
         self.save_steps = [position[time] for time in self.t_solver]
+        self.pairs = keep.result(len(self.times) - 1)
+        if self.couplings:
+            self.stats["coupling_min"] = min(self.couplings)
+            self.stats["coupling_max"] = max(self.couplings)
+        self.stats["stored_pairs"] = len(self.pairs)
         y, z = stepper.final if len(self.times) > 1 else (y0, y0)
-        self._warn_if_unstable(y, z)
         return list(trajectory.ys), y, z
-
-    def _warn_if_unstable(self, y: torch.Tensor, z: torch.Tensor) -> None:
-        gap = float((y - z).abs().max()) if y.numel() else 0.0
-        size = float(y.abs().max()) if y.numel() else 0.0
-        if gap > _GAP_WARNING * size and gap > 0.0:
-            warnings.warn(
-                f"the reversible solve's parasitic mode grew to {gap:.3g} against a solution "
-                f"of size {size:.3g}: the steps are too large for the coupling on these "
-                "dynamics. Set gradient_options['coupling_rate'] to the fastest decay rate "
-                "(or lower 'coupling' towards exp(-h·rate)), or shrink the steps.",
-                ReversibleInstabilityWarning,
-                stacklevel=4,
-            )
 
     # --------------------------------------------------------------------- backward
     def backward(
@@ -308,6 +341,10 @@ class _ReversibleIntegrator:
         saves_at: dict[int, list[int]] = {}
         for index, step in enumerate(self.save_steps):
             saves_at.setdefault(step, []).append(index)
+        check = self.check
+        checking = check.enabled
+        pairs = dict(self.pairs)
+        pairs[0] = (y0.detach(), y0.detach())
 
         y, z = y_end.detach(), z_end.detach()
         a_y = torch.zeros_like(y)
@@ -315,17 +352,30 @@ class _ReversibleIntegrator:
         last = len(self.times) - 1
         for index in saves_at.get(last, ()):
             a_y = a_y + grad_ys[index]
+        reconstruction_error = 0.0
         for n in range(last - 1, -1, -1):
             t0, t1 = self.times[n], self.times[n + 1]
-            coupling = s.coupling_for(t0, t1)
+            coupling = self.couplings[n]
             with torch.enable_grad():
                 y1 = y.detach().requires_grad_(True)
                 backward_increment = rk_increment(tableau, field, t1, y1, t0).value
             z0 = z + backward_increment.detach()
+            stored = pairs.get(n)
+            if stored is not None and n > 0:
+                z0 = stored[1] if not checking else z0
             with torch.enable_grad():
                 z0_leaf = z0.detach().requires_grad_(True)
                 forward_increment = rk_increment(tableau, field, t0, z0_leaf, t1).value
             y0_rec = undo_coupling(y, z0, forward_increment.detach(), coupling)
+            if stored is not None:
+                if n == 0:
+                    reconstruction_error = max(
+                        float((y0_rec - stored[0]).abs().max()) if y0_rec.numel() else 0.0,
+                        float((z0 - stored[1]).abs().max()) if z0.numel() else 0.0,
+                    )
+                if checking:
+                    check(t0, y0_rec, z0, *stored)
+                y0_rec, z0 = stored
 
             # z_{n+1} = z_n − Ψ_{−h}(y_{n+1}): pull a_z back onto y_{n+1} and θ.
             a_y1 = a_y
@@ -346,10 +396,7 @@ class _ReversibleIntegrator:
 
         self.stats["nfe_backward"] = self.stats.get("nfe_backward", 0) + problem.nfe - nfe_before
         self.stats["steps_backward"] = self.stats.get("steps_backward", 0) + last
-        self.stats["reconstruction_error"] = max(
-            float((y - y0).abs().max()) if y.numel() else 0.0,
-            float((z - y0).abs().max()) if z.numel() else 0.0,
-        )
+        self.stats["reconstruction_error"] = reconstruction_error
         return a_y + a_z, param_grads
 
 
@@ -366,7 +413,7 @@ def _accumulate(totals: list[torch.Tensor], grads) -> None:
 
 
 class _ReversibleSolve(torch.autograd.Function):
-    """``(y0, *params) ↦ ys``, saving only ``y0`` and the final pair ``(y_N, z_N)``."""
+    """``(y0, *params) ↦ ys``, saving ``y0``, the final pair and a few forward pairs."""
 
     @staticmethod
     def forward(ctx, integrator: _ReversibleIntegrator, y0: torch.Tensor, *params: torch.Tensor):

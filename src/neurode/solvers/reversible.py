@@ -47,6 +47,7 @@ lower ``λ`` towards ``exp(−h·|Re a|)`` of the fastest mode.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +110,8 @@ class ReversibleStep:
     """``Ψ_h(t_n, z_n)``."""
     backward: Increment
     """``Ψ_{−h}(t_{n+1}, y_{n+1})``."""
+    coupling: float
+    """``λ`` of this step."""
 
 
 def reversible_step(
@@ -118,7 +121,7 @@ def reversible_step(
     t1: float,
     y0: torch.Tensor,
     z0: torch.Tensor,
-    coupling: float,
+    coupling: float | Callable[[torch.Tensor, torch.Tensor], float],
     *,
     with_error: bool = False,
     full: bool = False,
@@ -126,15 +129,19 @@ def reversible_step(
 ) -> ReversibleStep:
     """``(y_n, z_n) ↦ (y_{n+1}, z_{n+1})`` from ``t0`` to ``t1`` (``2 × stages`` evaluations).
 
-    ``f0`` is ``f(t0, z_n)`` if the caller has it.
+    ``coupling`` is ``λ``, or a function of ``(f(t0, z_n), Ψ_h(t0, z_n))`` giving it
+    (it is chosen once the forward base step is known). ``f0`` is ``f(t0, z_n)`` if
+    the caller has it.
     """
     forward = rk_increment(tableau, func, t0, z0, t1, with_error=with_error, full=full, f0=f0)
+    if callable(coupling):
+        coupling = coupling(forward.stages[0], forward.value)
     y1 = torch.add(forward.value, y0, alpha=coupling)
     if coupling != 1.0:
         y1.add_(z0, alpha=1.0 - coupling)
     backward = rk_increment(tableau, func, t1, y1, t0, with_error=with_error)
     z1 = z0 - backward.value
-    return ReversibleStep(y1=y1, z1=z1, forward=forward, backward=backward)
+    return ReversibleStep(y1=y1, z1=z1, forward=forward, backward=backward, coupling=coupling)
 
 
 def reversible_step_back(
@@ -152,6 +159,25 @@ def reversible_step_back(
     return y0, z0
 
 
+def coupling_defect(
+    h: float,
+    y0: torch.Tensor,
+    z0: torch.Tensor,
+    f_y: torch.Tensor,
+    f_z: torch.Tensor,
+    coupling: float,
+) -> torch.Tensor:
+    """``c = h (f(t_n, z_n) − f(t_n, y_n)) − (1 − λ)(y_n − z_n)``.
+
+    ``y_{n+1} − (y_n + Ψ_h(t_n, y_n)) = Ψ_h(z_n) − Ψ_h(y_n) − (1 − λ)(y_n − z_n)``: how far
+    the reversible step lands from the base step from ``y_n``, to first order in ``h``.
+    """
+    defect = torch.sub(f_z, f_y).mul_(h)
+    if coupling != 1.0:
+        defect.sub_(y0 - z0, alpha=1.0 - coupling)
+    return defect
+
+
 def undo_coupling(
     y1: torch.Tensor, z0: torch.Tensor, forward_increment: torch.Tensor, coupling: float
 ) -> torch.Tensor:
@@ -166,6 +192,7 @@ def undo_coupling(
 __all__ = [
     "Increment",
     "ReversibleStep",
+    "coupling_defect",
     "reversible_step",
     "reversible_step_back",
     "rk_increment",

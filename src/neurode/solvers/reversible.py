@@ -6,7 +6,7 @@ ODEs". Any explicit Runge–Kutta method with increment
     Ψ_h(t, x) = h Σ_i b_i k_i,      k_i = f(t + c_i h, x + h Σ_{j<i} a_ij k_j)
 
 (one step of the base method is ``x ↦ x + Ψ_h(t, x)``) becomes a method on a
-pair of states ``(y, z)`` with a coupling parameter ``λ ∈ (0, 1]``:
+pair of states ``(y, z)`` with a coupling parameter ``λ > 0`` (usually ``≤ 1``):
 
     y_{n+1} = λ y_n + (1 − λ) z_n + Ψ_h(t_n, z_n)
     z_{n+1} = z_n − Ψ_{−h}(t_{n+1}, y_{n+1})
@@ -36,13 +36,15 @@ The two eigenvalues are therefore ``μ₁ ≈ R(x) ≈ e^x`` (the solution) and
   makes the parasitic mode grow by ``λ/|μ₁|`` per step in the forward solve;
 - the backward reconstruction runs ``M⁻¹``, with eigenvalues ``1/μ₁`` and
   ``μ₁/λ``: rounding in the final pair grows back as much as the solution
-  decayed, and its parasitic part by up to ``1/λ`` per reconstructed step.
+  decayed, and its parasitic part by ``|μ₁|/λ`` per reconstructed step (on a
+  growing mode, by as much as the solution grew).
 
 So ``λ`` trades forward stability on strongly damped modes (smaller ``λ``, or
 smaller steps) against reconstruction accuracy over many steps (``λ`` close to
-1). The default ``0.999`` keeps the reconstruction exact to rounding over
-thousands of steps; for dynamics with fast decaying modes, shrink the step or
-lower ``λ`` towards ``exp(−h·|Re a|)`` of the fastest mode.
+1), and nothing forces ``λ ≤ 1``: on growing modes ``λ > 1`` spares the
+reconstruction. :mod:`neurode.integrate.reversible_coupling` chooses ``λ_n`` step
+by step from the dynamics; :mod:`neurode.gradients.reversible` bounds and checks
+the reconstruction.
 """
 
 from __future__ import annotations

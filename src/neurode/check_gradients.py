@@ -41,8 +41,8 @@ _REFERENCE_FACTOR = 1e-3
 _ADVICE = {
     "backsolve": "re-integrating the state backwards is unstable here; use "
     "gradient='checkpoint' (or 'direct'), or tighten adjoint_rtol/adjoint_atol",
-    "reversible": "lower gradient_options['coupling'] or shrink the steps "
-    "(see neurode.gradients.reversible)",
+    "reversible": "leave gradient_options['coupling'] automatic, or use "
+    "gradient='checkpoint' (see neurode.gradients.reversible)",
 }
 
 

@@ -729,3 +729,15 @@ def test_user_grid_is_used_and_save_times_are_added():
 def test_the_warning_class_stays_importable():
     assert issubclass(neurode.ReversibleInstabilityWarning, Warning)
     assert issubclass(ReversibleInstabilityError, SolverError)
+
+
+def test_complex_state_gradient_matches_the_exact_one():
+    """The coupling's estimates treat a complex state as pairs of reals."""
+    matrix = torch.tensor([[-0.5 + 2j, 0.3], [0.1, -1.0 - 1j]], dtype=torch.complex128)
+    y0 = torch.tensor([1.0 + 0j, 0.5j], dtype=torch.complex128, requires_grad=True)
+    t = torch.tensor([0.0, 2.0], dtype=DTYPE)
+    solution = neurode.solve(lambda s, y: matrix @ y, y0, t, gradient="reversible")
+    (gradient,) = torch.autograd.grad(solution.ys[-1].abs().square().sum(), y0)
+    propagator = torch.linalg.matrix_exp(matrix * 2.0)
+    exact = 2.0 * propagator.conj().T @ (propagator @ y0.detach())
+    assert torch.allclose(gradient, exact, rtol=1e-6, atol=1e-9)

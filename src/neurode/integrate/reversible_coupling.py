@@ -131,11 +131,12 @@ class Coupling:
             self.amplification = -math.log(coupling)
             self.gap = self.relative_gap = 0.0
             return coupling
-        gap = (y - z).reshape(-1)
-        image = (f_y - f_z).reshape(-1)  # ≈ J g
-        scaled0 = gap / self.scale(y).reshape(-1)
-        scaled1 = gap / self.scale(y + increment).reshape(-1)
-        flat_y = y.reshape(-1)
+        difference = y - z
+        gap = _real(difference)
+        image = _real(f_y - f_z)  # ≈ J g
+        scaled0 = _real(difference / self.scale(y))
+        scaled1 = _real(difference / self.scale(y + increment))
+        flat_y = _real(y)
         gaps, images = [*self._gaps, gap], [*self._images, image]
         basis, mapped = torch.stack(gaps), torch.stack(images)
         sums = torch.cat(
@@ -158,7 +159,7 @@ class Coupling:
         gg = float(gram[-1, -1])
         self.gap = math.sqrt(ss0 / max(gap.numel(), 1))
         self.relative_gap = math.sqrt(gg / yy) if yy > 0.0 else math.inf
-        eps = torch.finfo(y.dtype).eps
+        eps = torch.finfo(gap.dtype).eps
         if gg > (_TRUST * eps) ** 2 * yy and gg > 0.0 and math.isfinite(float(cross[-1, -1])):
             keep = max(1, min(self.history, gap.numel()))
             self._gaps, self._images = gaps[-keep:], images[-keep:]
@@ -179,6 +180,11 @@ class Coupling:
             coupling = given
         self.amplification = log_sigma - math.log(coupling) + abs(h) * abs(rate)
         return coupling
+
+
+def _real(x: torch.Tensor) -> torch.Tensor:
+    """``x`` flattened, a complex state as the pairs of its real and imaginary parts."""
+    return torch.view_as_real(x).reshape(-1) if x.is_complex() else x.reshape(-1)
 
 
 def _fastest_decay(gram: torch.Tensor, cross: torch.Tensor) -> float | None:

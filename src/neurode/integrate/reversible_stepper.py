@@ -216,7 +216,7 @@ def _rounding_floor(norm, y0: torch.Tensor):
 
 def _ratios(norm, terms) -> list[float]:
     """``norm.ratio`` of each term; with the default RMS norm, in one reduction and one sync."""
-    if norm.norm is not None or norm.per_row:
+    if norm.norm is not None or norm.per_row or terms[0][0].is_complex():
         return [float(norm.ratio(*term)) for term in terms]
     scales: dict[int, torch.Tensor] = {}
 

@@ -13,17 +13,20 @@ from the base step from ``y_n`` by the coupling defect
 ``c_n ≈ h (f(t_n, z_n) − f(t_n, y_n)) − (1 − λ_n) g_n``, which the step's error
 test includes (:mod:`neurode.integrate.reversible_stepper`).
 
-:class:`Coupling` measures, each step, from two evaluations the method makes anyway:
+:class:`Coupling` measures, each step, from two evaluations the method makes anyway
+(``f(t_n, y_n) − f(t_n, z_n) ≈ J g_n``):
 
-- the gap's contraction rate, a Rayleigh quotient
-
-      ρ̂ = −⟨g_n, f(t_n, y_n) − f(t_n, z_n)⟩ / ⟨g_n, g_n⟩ ≈ −⟨g, J g⟩ / ⟨g, g⟩;
-
-  the forward steps multiply the gap by ``≈ e^{−hJ}``, so it turns towards the
-  fastest-decaying direction by itself (a power iteration) and ``ρ̂`` estimates
-  the fastest decay rate where it matters;
+- the fastest decay rate ``ρ̂ = max −Re μ`` over the Ritz values ``μ`` of ``J`` on
+  the span of the latest four gaps (the Rayleigh quotient ``−⟨g, Jg⟩/⟨g, g⟩`` for
+  one). The forward steps multiply the gap by ``≈ e^{−hJ}``, so the gaps lean
+  towards the fastest-decaying directions (a power iteration). A single Rayleigh
+  quotient is not enough: once ``λ`` damps the gap, fresh round-trip defects keep
+  it from aligning, the quotient settles below the true rate (10 for Lorenz's
+  14.6) and the damping at neutral. Measured on Lorenz over ``[0, 8]`` the
+  gradient was then 1e-2 to 2 off (direct: 2e-4); with four gaps it is 2.4e-4;
 - the change of the error scale ``atol + rtol·|y|`` along the gap over the step,
-  ``σ = ‖g/scale(y_n)‖ / ‖g/scale(y_n + Ψ_h(z_n))‖``.
+  ``σ = ‖g/scale(y_n)‖ / ‖g/scale(y_n + Ψ_h(z_n))‖``, bounded by ``e^{±h|ρ̂|}`` so
+  that components passing near zero do not make ``λ`` jump (to 3.5 on Lorenz).
 
 The automatic choice is ``λ_n = λ₀ · σ · e^{−h ρ̂ − θ h |ρ̂|}``: the gap, measured
 in the tolerances, then shrinks by ``λ₀ e^{−θh|ρ̂|}`` a step, so the round-trip
@@ -33,14 +36,15 @@ order of the local error. Growing dynamics give ``λ > 1`` (on ``y' = a y``,
 from amplifying rounding by the solution's own growth.
 
 The price is paid backwards. Reconstructing a step multiplies an error, measured
-in the tolerances, by about ``e^{h a} σ_n / λ_n`` on a mode ``y' = a y``; the
-largest ``a`` is not observed, so
+in the tolerances, by about ``e^{h a} σ_n / λ_n`` on the parasitic part of a mode
+``y' = a y`` and by ``e^{−h a} σ_n`` on its solution part; the extreme ``a`` are
+not all observed, so
 
-    α_n = log σ_n − log λ_n + h · max(0, −ρ̂)
+    α_n = log σ_n − log λ_n + h |ρ̂|
 
-(``a = 0``, or the growth rate when the gap follows a growing mode) estimates the
-logarithm of that amplification, which the gradient method uses to place its
-restart points.
+estimates the logarithm of that amplification (it bounds the growth of rounding
+in the fastest-decaying mode, whose reconstruction runs it backwards), which the
+gradient method uses to place its restart points.
 """
 
 from __future__ import annotations

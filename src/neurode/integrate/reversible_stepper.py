@@ -158,6 +158,7 @@ class ReversibleMethod:
             return (*base_terms, defect_term)
         ratios = _ratios(norm, (*base_terms, defect_term))
         if not all(math.isfinite(r) for r in ratios):
+            self.coupling_ratio = self.base_ratio = 0.0
             return (*base_terms, defect_term)
         base = max(ratios[:-1])
         self.coupling_ratio, self.base_ratio = ratios[-1], base

@@ -115,6 +115,7 @@ def test_weights_of_another_architecture_name_the_model_they_fit(tmp_path, capsy
 @pytest.mark.skipif(
     not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(), reason="MNIST test files absent"
 )
+@pytest.mark.slow
 def test_evaluate_shows_progress(tmp_path):
     from neurode.models.mnist import RKNet
 

@@ -35,6 +35,7 @@ def _interrupt_after(monkeypatch, calls: int) -> None:
     [(CNF, ("train_seconds", "arguments")), (LATENT, ("arguments",))],
     ids=["cnf", "latent"],
 )
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(argv, drop, tmp_path, monkeypatch):
     assert main([*argv, "--out", str(tmp_path / "straight")]) == 0
     _interrupt_after(monkeypatch, 4)

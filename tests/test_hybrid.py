@@ -140,6 +140,7 @@ def _fit_two_stages(dynamics, data: Trajectories, constants: tuple[str, ...]) ->
     )
 
 
+@pytest.mark.slow
 def test_physics_model_recovers_mu_and_g_over_l_within_two_percent_from_noisy_data():
     data = _noisy_pendulum()
     model = PendulumPhysics(g_over_l=1.0, mu=0.05)  # a quarter and a third of the truth
@@ -148,6 +149,7 @@ def test_physics_model_recovers_mu_and_g_over_l_within_two_percent_from_noisy_da
     assert float(model.mu.detach()) == pytest.approx(TRUE.mu, rel=0.02)
 
 
+@pytest.mark.slow
 def test_hybrid_model_recovers_g_over_l_and_the_friction_within_two_percent():
     data = _noisy_pendulum()
     torch.manual_seed(0)

@@ -69,6 +69,7 @@ def test_augmented_sensitivities_equal_the_forward_gradient_method():
     torch.testing.assert_close(j1, j2, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_residual_jacobian_matches_central_finite_differences():
     data = _angle_data(0.0, 1)
     model = PendulumPhysics(g_over_l=4.5, mu=0.25)
@@ -99,6 +100,7 @@ def test_residual_jacobian_matches_central_finite_differences():
         torch.testing.assert_close(jac[:, 2 + column], difference, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("irregular", [True, False])
 def test_noise_free_data_are_fitted_exactly_from_a_distant_start(irregular):
     data = _angle_data(0.0, 2, irregular=irregular)
@@ -115,6 +117,7 @@ def test_noise_free_data_are_fitted_exactly_from_a_distant_start(irregular):
     assert fit.cost < 1e-12
 
 
+@pytest.mark.slow
 def test_laplace_standard_errors_match_a_finite_difference_gauss_newton():
     """sigma^2 (J^T J)^-1 with J from finite differences of the solve: the same standard errors."""
     data = _angle_data(0.02, 3)

@@ -439,6 +439,7 @@ def test_training_writes_checkpoint_metrics_and_plot(tmp_path, capsys):
 
 
 @needs_mnist
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, capsys):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     assert _run_cli(_tiny_run(straight, "--augment"), capsys)[0] == 0
@@ -548,6 +549,7 @@ def _free_port() -> int:
 
 
 @needs_mnist
+@pytest.mark.slow
 def test_two_process_ddp_keeps_ranks_identical_and_learns(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(_DDP_WORKER)

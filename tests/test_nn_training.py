@@ -13,6 +13,7 @@ maps (x, 0) to (-x, 0).
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -33,6 +34,7 @@ def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: flo
         return (model(x) - y).square().mean().item()
 
 
+@pytest.mark.slow
 def test_plain_neural_ode_cannot_fit_negation_but_augmented_can():
     x = torch.linspace(-1.0, 1.0, 16, dtype=F64)[:, None]
     y = -x
@@ -71,6 +73,7 @@ class _LearnedAcceleration(nn.Module):
         return self.net(x)
 
 
+@pytest.mark.slow
 def test_second_order_model_fits_a_pendulum_segment_and_learns_its_force():
     # θ'' = -sin θ from θ = 1, θ' = 0, observed at 31 times on [0, 3].
     t = torch.linspace(0.0, 3.0, 31, dtype=F64)

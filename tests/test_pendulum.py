@@ -62,6 +62,7 @@ def _extrapolation_baselines(data: Trajectories, t_split: float) -> tuple[float,
     return float(torch.cat(last_value).mean()), float(torch.cat(rest).mean())
 
 
+@pytest.mark.slow
 def test_black_box_extrapolates_beyond_the_training_window():
     """Bound: a tenth of the mean squared angle in the window (90% of the signal explained).
 
@@ -89,6 +90,7 @@ class _Acceleration(nn.Module):
         return self.net(torch.cat([x, v], dim=-1))
 
 
+@pytest.mark.slow
 def test_second_order_model_fits_and_extrapolates_the_pendulum():
     data, t_split = _pendulum_data()
     torch.manual_seed(0)
@@ -176,6 +178,7 @@ def test_bad_input_in_a_real_process_prints_no_traceback(tmp_path):
     assert process.stderr.count("\n") == 1 and "strictly increase" in process.stderr
 
 
+@pytest.mark.slow
 def test_short_run_writes_metrics_and_figures(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--epochs", "4", "--n-trajectories", "2", "--quiet", "--out", str(out)]
@@ -220,6 +223,7 @@ def test_run_on_angle_only_csv_learns_initial_velocities(tmp_path, capsys):
     assert not list(out.glob("*.png"))
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(
     tmp_path, capsys, monkeypatch
 ):
@@ -255,6 +259,7 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(
 # ----------------------------------------------------------------------------- other pendulums
 
 
+@pytest.mark.slow
 def test_simulated_pendulum_of_other_constants_is_recovered_with_intervals(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--mu", "0.4", "--g-over-l", "12", "--n-trajectories", "4", "--noise", "0.01"]

@@ -218,6 +218,7 @@ def test_resume_without_a_checkpoint_is_a_typed_error(tmp_path):
 # ----------------------------------------------------------------------------- loop
 
 
+@pytest.mark.slow
 def test_training_a_linear_field_approaches_the_matrix_and_logs_nfe():
     data = _rotation_data()
     model = TrajectoryModel(_LinearField(), data, rtol=1e-7, atol=1e-9)

@@ -57,6 +57,8 @@ class ProgressBar:
 
     def close(self) -> None:
         if self._bar is not None:
+            # tqdm skips redraws within its minimum interval: draw the final count once.
+            self._bar.refresh()
             self._bar.close()
             self._bar = None
 

@@ -218,23 +218,31 @@ class RosenbrockMethod:
     # ---------------------------------------------------------------- switching (auto)
     def resume(self, f0: torch.Tensor | None, perturb: int = 0) -> None:
         """Go on from a point another stepper reached: ``f0`` there (None: evaluate it)."""
+        if self._delegate is not None:
+            return self._delegate.resume(f0, perturb)
         self._f0, self._start_perturb = f0, perturb
         self._point = None
         self.mark_moved(None)
 
     def mark_moved(self, rows: torch.Tensor | None) -> None:
         """The state (of ``rows``) moved under another stepper: its Jacobian is out of date."""
+        if self._delegate is not None:
+            return self._delegate.mark_moved(rows)
         if self.cache is not None and (rows is None or bool(rows.any())):
             self.cache.step_accepted(None, rows)
 
     def jacobian_at_start(self) -> torch.Tensor:
         """The Jacobian of the latest step (at its start point)."""
+        if self._delegate is not None:
+            return self._delegate.jacobian_at_start()
         if self._point is not None and self._point[2] is not None:
             return self._point[2].detach()
         return self.cache.jacobian
 
     def current_derivative(self) -> tuple[torch.Tensor | None, int]:
         """``(f, perturb)`` at the point the next step starts from (f None: not known yet)."""
+        if self._delegate is not None:
+            return self._delegate.current_derivative()
         return self._f0, self._start_perturb
 
     def reject(self, attempt: ImplicitAttempt) -> None:

@@ -206,8 +206,14 @@ def build_auto(name: str, options: dict[str, Any], context: BuildContext):
             inner = ImplicitRungeKuttaMethod(IMPLICIT_TABLEAUS[implicit], settings)
         return AutoSwitchMethod(inner, user_time=context.user_time)
 
+    # Not replayable: a replay starts each interval on the explicit side, whatever side
+    # the forward solve was on there (its steps would be unstable on a stiff stretch).
     return MethodSpec(
-        name=name, kind="adaptive", stepper=stepper, adaptive=context.adaptive_options(options)
+        name=name,
+        kind="adaptive",
+        stepper=stepper,
+        adaptive=context.adaptive_options(options),
+        replayable=False,
     )
 
 

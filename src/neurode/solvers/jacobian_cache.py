@@ -150,6 +150,12 @@ class JacobianCache:
             self._stale, self._current = False, True
         self._drop_matrix()
 
+    def jacobian_at(self, t: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """Take ``J`` at ``(t, y)`` now and return it (None for matrix-free solves)."""
+        self._point = None  # forces _refresh to take it
+        self._refresh(t, y)
+        return self.jacobian
+
     def _drop_matrix(self) -> None:
         if isinstance(self._matrix, KrylovIterationMatrix):
             self._finished_jvps += self._matrix.matvecs

@@ -448,3 +448,39 @@ def test_bad_options_are_rejected_before_work():
         )
     with pytest.raises(InvalidOptionError, match="stiff_method"):
         neurode.solve(problem.func, problem.y0, times, method="auto", options={"stiff_method": "x"})
+
+
+# ----------------------------------------------------------------------- torchdiffeq semantics
+@pytest.mark.parametrize("method", ["implicit_euler", "gl4", "radauIIA5", "trbdf2"])
+def test_fixed_implicit_gradients_in_the_time_grid_are_those_of_the_computed_output(method):
+    # t requiring grad makes the grid differentiable (0-dim tensor steps): not per-row steps.
+    a = torch.tensor(0.2, dtype=F64)
+
+    def func(t, y):
+        return a + (y - (a * t + 3.0)) ** 3
+
+    t = torch.linspace(1.0, 3.0, 5, dtype=F64, requires_grad=True)
+    y0 = torch.tensor(3.2, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda y0, t: neurode.odeint(func, y0, t, method=method), (y0, t)
+    )
+
+
+@pytest.mark.parametrize("method", ["implicit_euler", "gl4", "sdirk2"])
+@pytest.mark.parametrize("perturb", [True, False])
+def test_perturb_keeps_every_evaluation_off_the_grid_points(method, perturb):
+    times_seen = []
+
+    def func(t, x):
+        times_seen.append(float(t))
+        return -x
+
+    neurode.odeint(
+        func,
+        torch.tensor([1.0, 2.0], dtype=F64),
+        _times(0.0, 1.0),
+        method=method,
+        options={"step_size": 0.5, "perturb": perturb},
+    )
+    on_grid = {0.0, 0.5} & set(times_seen)
+    assert on_grid == (set() if perturb else {0.0, 0.5})

@@ -143,9 +143,9 @@ class AutoSwitchMethod:
         self.limit = NONSTIFF_FRACTION * real_stability_boundary(tableau)
 
     # ---------------------------------------------------------------- the solve
-    def start(self, y0: torch.Tensor, f0: torch.Tensor) -> None:
-        self.explicit.start(y0, f0)
-        self.implicit.start(y0, f0)
+    def start(self, y0: torch.Tensor, f0: torch.Tensor, perturb: int = 0) -> None:
+        self.explicit.start(y0, f0, perturb)
+        self.implicit.start(y0, f0, perturb)
         self._stiff: bool | torch.Tensor | None = None  # per row: a mask, made at the first step
         self._calm: int | torch.Tensor = 0
         self._switches: int | torch.Tensor = 0

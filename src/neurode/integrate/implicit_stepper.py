@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..solvers._stage_rows import divide_rows, row_values
+from ..solvers._stage_rows import divide_rows, is_per_row, row_values
 from ..solvers.dirk import dirk_step
 from ..solvers.fully_implicit import coefficient_matrix, fully_implicit_step
 from ..solvers.implicit_step import ImplicitStep
@@ -93,12 +93,21 @@ class StageSolverSettings:
 
         return jacobian
 
-    def make_cache(self, field: VectorField, per_row: bool, *, reuse: bool) -> JacobianCache:
+    def make_cache(
+        self,
+        field: VectorField,
+        per_row: bool,
+        *,
+        reuse: bool,
+        start_perturb: Callable[[], int] = lambda: 0,
+    ) -> JacobianCache:
+        """The Jacobian cache; ``J`` is taken at a step's start, evaluated from the side
+        ``start_perturb()`` says (torchdiffeq's ``perturb``: never exactly at a grid point)."""
         blocks = getattr(field, "jacobian_blocks", None)
         if blocks is not None:
             return blocks.cache(per_row=per_row, method=self.jacobian_method, reuse=reuse)
         return JacobianCache(
-            lambda t, y: field(t, y, 0),
+            lambda t, y: field(t, y, start_perturb()),
             per_row=per_row,
             jacobian=self.solver_jacobian(),
             method=self.jacobian_method,
@@ -116,17 +125,23 @@ class StageSolverSettings:
         )
 
 
-def stage_function(field: VectorField, t1, perturb_end: bool) -> Callable:
+def stage_function(
+    field: VectorField, t1, perturb_end: bool, t0=None, start_perturb: int = 0
+) -> Callable:
     """``func(t, y)`` for the stage solvers: a time equal to the step's end (to rounding) is
-    taken as exactly ``t1``, from the left when ``perturb_end`` (a discontinuity there)."""
+    taken as exactly ``t1``, from the left when ``perturb_end`` (a discontinuity there); one
+    equal to its start ``t0``, from the side ``start_perturb`` says."""
     if isinstance(t1, torch.Tensor):
         return lambda t, y: field(t, y, 0)
     close = 4 * math.ulp(t1) if t1 else 0.0
     end_perturb = -1 if perturb_end else 0
+    check_start = start_perturb != 0 and t0 is not None and not isinstance(t0, torch.Tensor)
 
     def func(t, y):
         if abs(t - t1) <= close:
             return field(t1, y, end_perturb)
+        if check_start and t == t0:
+            return field(t0, y, start_perturb)
         return field(t, y, 0)
 
     return func
@@ -258,9 +273,9 @@ class ImplicitRungeKuttaMethod:
         self.counters = StiffStats()
 
     # ---------------------------------------------------------------- the solve
-    def start(self, y0: torch.Tensor, f0: torch.Tensor) -> None:
+    def start(self, y0: torch.Tensor, f0: torch.Tensor, perturb: int = 0) -> None:
         self._f0: torch.Tensor | None = f0
-        self._start_perturb = 0
+        self._start_perturb = perturb
         self._eta = None
         self._graph = torch.is_grad_enabled() and (f0.requires_grad or y0.requires_grad)
         settings = self.settings
@@ -283,16 +298,18 @@ class ImplicitRungeKuttaMethod:
 
     # ---------------------------------------------------------------- one step
     def step(self, field: VectorField, t, t1, h, y, perturb_end: bool, end_on_jump: bool):
-        per_row = isinstance(h, torch.Tensor)
+        per_row = is_per_row(h)
         f0 = self._f0
         if f0 is None:
             f0 = self._f0 = field(t, y, self._start_perturb)
         if self.cache is None:
-            self.cache = self.settings.make_cache(field, per_row, reuse=True)
+            self.cache = self.settings.make_cache(
+                field, per_row, reuse=True, start_perturb=lambda: self._start_perturb
+            )
             self.counters.attach(self.cache)
             blocks = getattr(field, "jacobian_blocks", None)
             self._grace = 0 if blocks is None else blocks.lag
-        func = stage_function(field, t1, perturb_end)
+        func = stage_function(field, t1, perturb_end, t, self._start_perturb)
         y_start, f_start = y.detach(), f0.detach()
         scale = torch.addcmul(self._atol, y_start.abs(), self._rtol)
         for retry in range(2):
@@ -357,7 +374,7 @@ class ImplicitRungeKuttaMethod:
     def _attach_graph(self, field, func, t, y, f0, h, step: ImplicitStep) -> ImplicitStep:
         """The step rebuilt from its converged stages, differentiable by implicit functions."""
         if self._jacobians is None:
-            self._jacobians = self.settings.stage_jacobian(field, isinstance(h, torch.Tensor))
+            self._jacobians = self.settings.stage_jacobian(field, is_per_row(h))
         if self.diagonal:
             return self._attach_diagonal(func, t, y, f0, h, step)
         return self._attach_block(func, t, y, f0, h, step)
@@ -393,7 +410,7 @@ class ImplicitRungeKuttaMethod:
 
     def _attach_block(self, func, t, y, f0, h, step: ImplicitStep) -> ImplicitStep:
         tableau = self.tableau
-        per_row = isinstance(h, torch.Tensor)
+        per_row = is_per_row(h)
         s = tableau.stages
         stage_dim = 1 if per_row else 0
         h_rows = row_values(h, y)

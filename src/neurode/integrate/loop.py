@@ -93,7 +93,7 @@ def integrate(
     f0 = field(t, y0, controller.start_perturb)
     check_finite(f0, "func(t0, y0)", user_time(float(t.min()) if per_row else t))
     step_size = controller.first_step(field, t, y0, f0, stepper.error_order)
-    stepper.start(y0, f0)
+    stepper.start(y0, f0, controller.start_perturb)
     if not per_row:
         saver = SavedStates(
             y0, t_eval, preallocate=stepper.fused and event_fn is None, events=event_fn is not None

@@ -142,7 +142,7 @@ class AdamsMethod:
         self.rtol, self.atol = rtol, atol
         self.interpolation = interpolation
 
-    def start(self, y0: torch.Tensor, f0: torch.Tensor) -> None:
+    def start(self, y0: torch.Tensor, f0: torch.Tensor, perturb: int = 0) -> None:
         self._startup = RungeKuttaStepper(_startup_tableau(self.order), y0, fused=False)
         self._past_f: deque[torch.Tensor] = deque(maxlen=self.order)
         self._past_t: deque[float] = deque(maxlen=self.order)

@@ -101,7 +101,7 @@ class ReversibleMethod:
         self.coupling_ratio = self.base_ratio = 0.0
         self.error_order = tableau.error_exponent_order
 
-    def start(self, y0: torch.Tensor, f0: torch.Tensor) -> None:
+    def start(self, y0: torch.Tensor, f0: torch.Tensor, perturb: int = 0) -> None:
         self._rounding_floor = _rounding_floor(self.error_norm, y0)
         self.z = y0
         self.times: list[float] | None = None

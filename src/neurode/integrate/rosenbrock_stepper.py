@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..solvers._stage_rows import is_per_row
 from ..solvers.jacobian_cache import JacobianCache
 from ..solvers.rosenbrock import rosenbrock_step, time_derivative
 from ..solvers.rosenbrock_tableau import RosenbrockTableau
@@ -106,10 +107,10 @@ class RosenbrockMethod:
         self.cache: JacobianCache | None = None
         self._delegate: ImplicitRungeKuttaMethod | None = None
 
-    def start(self, y0: torch.Tensor, f0: torch.Tensor) -> None:
+    def start(self, y0: torch.Tensor, f0: torch.Tensor, perturb: int = 0) -> None:
         self._y0 = y0
         self._f0: torch.Tensor | None = f0
-        self._start_perturb = 0
+        self._start_perturb = perturb
         self._graph = torch.is_grad_enabled() and (f0.requires_grad or y0.requires_grad)
         self.cache = None
         self._delegate = None
@@ -130,17 +131,19 @@ class RosenbrockMethod:
             self._delegate.start(self._y0, self._f0)
         if self._delegate is not None:
             return self._delegate.step(field, t, t1, h, y, perturb_end, end_on_jump)
-        per_row = isinstance(h, torch.Tensor)
+        per_row = is_per_row(h)
         f0 = self._f0
         if f0 is None:
             f0 = self._f0 = field(t, y, self._start_perturb)
-        func = stage_function(field, t1, perturb_end)
+        func = stage_function(field, t1, perturb_end, t, self._start_perturb)
         h_gamma = h * self.tableau.gamma
         if self._graph and torch.is_grad_enabled():
             matrix, f_t = self._differentiable_start(field, func, t, y, f0, h, h_gamma, per_row)
         else:
             if self.cache is None:
-                self.cache = self.settings.make_cache(field, per_row, reuse=False)
+                self.cache = self.settings.make_cache(
+                    field, per_row, reuse=False, start_perturb=lambda: self._start_perturb
+                )
                 self.counters.attach(self.cache)
             with torch.no_grad():
                 matrix = self.cache.iteration_matrix(t, y, h_gamma)

@@ -117,11 +117,11 @@ class RungeKuttaMethod:
         self._start_perturb = 0
         self.stiffness = stiffness
 
-    def start(self, y0: torch.Tensor, f0: torch.Tensor) -> None:
+    def start(self, y0: torch.Tensor, f0: torch.Tensor, perturb: int = 0) -> None:
         self.engine = RungeKuttaStepper.acquire(self.tableau, y0, fused=can_fuse(y0, f0))
         self.fused = self.engine.fused
         self._f0 = f0
-        self._start_perturb = 0
+        self._start_perturb = perturb
         if self.stiffness is not None:
             self.stiffness.start()
 

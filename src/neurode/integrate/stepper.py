@@ -13,7 +13,9 @@ A stepper answers:
 - ``error_order``: ``q + 1`` for an error estimate of order ``q`` (the
   controller's exponent); ``fused``: whether it writes into reusable buffers
   (the loop then also writes the saved states into one preallocated tensor);
-- ``start(y0, f0)``: a solve begins at ``y0`` with ``f0 = f(t0, y0)``;
+- ``start(y0, f0, perturb)``: a solve begins at ``y0`` with ``f0 = f(t0, y0)``, evaluated
+  from the side ``perturb`` says (``+1``: just after ``t0``, as a grid with torchdiffeq's
+  ``perturb`` asks);
 - ``step(field, t, t1, h, y, perturb_end, end_on_jump)``: attempt the step,
   returning a :class:`StepAttempt`; ``perturb_end`` asks for stages at ``t1`` to
   be evaluated from the left, ``end_on_jump`` says ``t1`` is a discontinuity, so
@@ -70,7 +72,7 @@ class Stepper(Protocol):
     error_order: int
     fused: bool
 
-    def start(self, y0: torch.Tensor, f0: torch.Tensor) -> None: ...
+    def start(self, y0: torch.Tensor, f0: torch.Tensor, perturb: int = 0) -> None: ...
 
     def step(
         self,

@@ -10,12 +10,13 @@ import torch
 
 
 def is_per_row(h: float | torch.Tensor) -> bool:
-    return isinstance(h, torch.Tensor)
+    """Per-row step sizes are a ``(B,)`` tensor; a 0-dim tensor is one differentiable step."""
+    return isinstance(h, torch.Tensor) and h.ndim > 0
 
 
 def row_values(values: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
     """A float as is; a ``(B,)`` tensor as ``(B, 1, …, 1)`` in ``like``'s dtype, to scale rows."""
-    if not isinstance(values, torch.Tensor):
+    if not isinstance(values, torch.Tensor) or values.ndim == 0:
         return values
     return values.to(device=like.device, dtype=like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
 

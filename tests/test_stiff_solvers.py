@@ -484,3 +484,37 @@ def test_perturb_keeps_every_evaluation_off_the_grid_points(method, perturb):
     )
     on_grid = {0.0, 0.5} & set(times_seen)
     assert on_grid == (set() if perturb else {0.0, 0.5})
+
+
+@pytest.mark.parametrize("method", ["implicit_euler", "trapezoid"])
+def test_float32_scalar_state_on_a_differentiable_float64_grid_stays_float32(method):
+    t = torch.linspace(1.0, 2.0, 5, dtype=F64, requires_grad=True)
+    y0 = torch.tensor(1.0, requires_grad=True)
+    ys = neurode.odeint(lambda t, y: -0.1 * y, y0, t, method=method)
+    assert ys.dtype == torch.float32 and ys.shape == (5,)
+    exact = torch.exp(-0.1 * (t.detach() - 1.0)).float()
+    torch.testing.assert_close(ys.detach(), exact, rtol=1e-2, atol=0)
+    ys.sum().backward()
+    assert y0.grad is not None and t.grad is not None
+
+
+@pytest.mark.parametrize("method", ["implicit_euler", "gl4"])
+def test_perturb_keeps_the_adjoint_evaluations_off_the_grid_points(method):
+    times_seen = []
+
+    def func(t, x):
+        times_seen.append(float(t))
+        return -x
+
+    x0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    ys = neurode.odeint_adjoint(
+        func,
+        x0,
+        _times(0.0, 1.0),
+        method=method,
+        options={"step_size": 0.5, "perturb": True},
+        adjoint_params=(),
+    )
+    times_seen.clear()
+    ys.sum().backward()
+    assert times_seen and not {0.0, 0.5, 1.0} & set(times_seen)

@@ -176,7 +176,9 @@ class _AugmentedDynamics:
     def jacobian_blocks(self) -> AugmentedJacobian:
         """For implicit methods: ``∂(dz/dτ)/∂z = ρJ`` on ``z``, its negative transpose on ``a``."""
         return AugmentedJacobian(
-            lambda tau, z: self.rho * self.problem.call_user(self.user_time(tau), z),
+            lambda tau, z, perturb=0: (
+                self.rho * self.problem.call_user(self.user_time(tau, perturb), z)
+            ),
             self.shape,
             BlockStructure(self.n, ((1, 1.0, False), (1, -1.0, True))),
         )

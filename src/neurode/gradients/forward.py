@@ -101,7 +101,7 @@ class _AugmentedField:
         """For implicit methods: ``J`` on ``y`` and on every column of ``S``."""
         blocks = ((1, 1.0, False),) + (((self.m, 1.0, False),) if self.m else ())
         return AugmentedJacobian(
-            lambda t, y: self.problem.vector_field(t, y, 0),
+            lambda t, y, perturb=0: self.problem.vector_field(t, y, perturb),
             self.shape,
             BlockStructure(self.n, blocks),
         )

@@ -25,9 +25,10 @@ from ..solvers.structured_matrix import BlockStructure
 
 @dataclass(frozen=True)
 class AugmentedJacobian:
-    """``base_field(t, z)``: the base state's field in solver time, ``z`` of ``base_shape``."""
+    """``base_field(t, z, perturb=0)``: the base state's field in solver time, ``z`` of
+    ``base_shape``, evaluated from the side ``perturb`` says."""
 
-    base_field: Callable[[float, torch.Tensor], torch.Tensor]
+    base_field: Callable[..., torch.Tensor]
     base_shape: torch.Size
     structure: BlockStructure
 
@@ -36,13 +37,20 @@ class AugmentedJacobian:
         """Newton iterations by which the last coupled block can trail the base state."""
         return len(self.structure.blocks)
 
-    def cache(self, *, per_row: bool, method: str, reuse: bool) -> JacobianCache:
+    def cache(
+        self,
+        *,
+        per_row: bool,
+        method: str,
+        reuse: bool,
+        start_perturb: Callable[[], int] = lambda: 0,
+    ) -> JacobianCache:
         if per_row:
             raise UnknownOptionError("augmented systems are solved jointly, not per row")
         shape = self.base_shape
 
         def flat_field(t, z: torch.Tensor) -> torch.Tensor:
-            return self.base_field(t, z.view(shape)).reshape(-1)
+            return self.base_field(t, z.view(shape), start_perturb()).reshape(-1)
 
         return JacobianCache(flat_field, method=method, reuse=reuse, structure=self.structure)
 

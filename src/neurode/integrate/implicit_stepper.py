@@ -38,7 +38,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..solvers._stage_rows import divide_rows, is_per_row, row_values
+from ..solvers._stage_rows import (
+    differentiable_step_in_state_dtype,
+    divide_rows,
+    is_per_row,
+    row_values,
+)
 from ..solvers.dirk import dirk_step
 from ..solvers.fully_implicit import coefficient_matrix, fully_implicit_step
 from ..solvers.implicit_step import ImplicitStep
@@ -105,7 +110,12 @@ class StageSolverSettings:
         ``start_perturb()`` says (torchdiffeq's ``perturb``: never exactly at a grid point)."""
         blocks = getattr(field, "jacobian_blocks", None)
         if blocks is not None:
-            return blocks.cache(per_row=per_row, method=self.jacobian_method, reuse=reuse)
+            return blocks.cache(
+                per_row=per_row,
+                method=self.jacobian_method,
+                reuse=reuse,
+                start_perturb=start_perturb,
+            )
         return JacobianCache(
             lambda t, y: field(t, y, start_perturb()),
             per_row=per_row,
@@ -298,6 +308,7 @@ class ImplicitRungeKuttaMethod:
 
     # ---------------------------------------------------------------- one step
     def step(self, field: VectorField, t, t1, h, y, perturb_end: bool, end_on_jump: bool):
+        h = differentiable_step_in_state_dtype(h, y)
         per_row = is_per_row(h)
         f0 = self._f0
         if f0 is None:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..solvers._stage_rows import is_per_row
+from ..solvers._stage_rows import differentiable_step_in_state_dtype, is_per_row
 from ..solvers.jacobian_cache import JacobianCache
 from ..solvers.rosenbrock import rosenbrock_step, time_derivative
 from ..solvers.rosenbrock_tableau import RosenbrockTableau
@@ -125,6 +125,7 @@ class RosenbrockMethod:
         pass
 
     def step(self, field: VectorField, t, t1, h, y, perturb_end: bool, end_on_jump: bool):
+        h = differentiable_step_in_state_dtype(h, y)
         first = self._delegate is None and self.cache is None and self._point is None
         if first and getattr(field, "jacobian_blocks", None) is not None:
             self._delegate = ImplicitRungeKuttaMethod(KVAERNO5, self.settings)

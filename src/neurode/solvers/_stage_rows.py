@@ -14,6 +14,20 @@ def is_per_row(h: float | torch.Tensor) -> bool:
     return isinstance(h, torch.Tensor) and h.ndim > 0
 
 
+def differentiable_step_in_state_dtype(
+    h: float | torch.Tensor, like: torch.Tensor
+) -> float | torch.Tensor:
+    """A 0-dim tensor step (a differentiable time grid) in the state's real dtype.
+
+    A float64 grid would otherwise promote a 0-dim float32 state to float64; floats
+    and per-row ``(B,)`` steps are returned as they are.
+    """
+    if not isinstance(h, torch.Tensor) or h.ndim > 0:
+        return h
+    dtype = like.real.dtype if like.is_complex() else like.dtype
+    return h if h.dtype == dtype else h.to(dtype)
+
+
 def row_values(values: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
     """A float as is; a ``(B,)`` tensor as ``(B, 1, …, 1)`` in ``like``'s dtype, to scale rows."""
     if not isinstance(values, torch.Tensor) or values.ndim == 0:

@@ -138,8 +138,8 @@ def van_der_pol(
     r"""The van der Pol oscillator ``y₁' = y₂``, ``y₂' = μ (1 − y₁²) y₂ − y₁`` from ``(2, 0)``.
 
     ``mu`` a number gives one system; a 1-D tensor of ``B`` values a batch. The
-    default span is three relaxation periods of the largest ``μ``
-    (``t_end = 3 μ`` for ``μ ≥ 1``; 3000 for ``μ = 1000``).
+    default span is ``t_end = 3 μ`` of the largest ``μ`` (for ``μ ≥ 1``; 3000 for
+    ``μ = 1000``): about 1.9 relaxation periods, a period being about ``(3 − 2 ln 2) μ``.
     """
     dtype = _float_dtype(dtype)
     m = torch.as_tensor(mu, dtype=dtype)

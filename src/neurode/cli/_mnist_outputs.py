@@ -1,4 +1,4 @@
-"""Files written by `neurode mnist`: atomic writes and the accuracy/NFE figure."""
+"""Files written by `neurode mnist`: atomic writes and the error/NFE figure."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def _plot_history(history: list[dict[str, Any]], path: Path) -> bool:
-    """Accuracy and NFE per epoch as a PNG; False when matplotlib is not installed."""
+    """Error and NFE per epoch as a PNG; False when matplotlib is not installed."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -25,9 +25,11 @@ def _plot_history(history: list[dict[str, Any]], path: Path) -> bool:
     figure = Figure(figsize=(10 if has_ode_block else 5, 4))
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2 if has_ode_block else 1, squeeze=False)[0]
-    axes[0].plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
-    axes[0].plot(epochs, [100 * r["test_accuracy"] for r in history], "o-", label="test")
-    axes[0].set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    # Error on a log scale: near 99% accuracy the curves that matter differ by tenths.
+    axes[0].plot(epochs, [100 * (1 - r["train_accuracy"]) for r in history], "o-", label="train")
+    axes[0].plot(epochs, [100 * (1 - r["test_accuracy"]) for r in history], "o-", label="test")
+    axes[0].set_yscale("log")
+    axes[0].set(xlabel="epoch", ylabel="error (%, log scale)", title="classification error")
     if has_ode_block:
         axes[1].plot(epochs, [r["nfe_forward"] for r in history], "o-", label="forward")
         axes[1].plot(epochs, [r["nfe_backward"] for r in history], "o-", label="backward")

@@ -136,3 +136,23 @@ def test_evaluate_shows_progress(tmp_path):
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert quiet.returncode == 0 and "3/3" not in quiet.stderr
+
+
+@pytest.mark.skipif(
+    not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(), reason="MNIST test files absent"
+)
+def test_evaluate_shipped_finds_the_packaged_weights_from_any_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = _mnist(
+        ["--model", "odenet", "--evaluate", "shipped", "--test-subset", "100", "--quiet",
+         "--data-dir", str(MNIST_DIR), "--no-download"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0 and "odenet_mnist_cpu.pt: test error" in out
+
+
+def test_evaluate_shipped_holds_odenet_weights_only(tmp_path, capsys):
+    code, _, err = _mnist(
+        ["--model", "resnet", "--evaluate", "shipped", "--data-dir", str(tmp_path)], capsys
+    )
+    assert code == 2 and "ODE-Net" in err

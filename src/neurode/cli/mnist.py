@@ -13,7 +13,8 @@ checking its digest) and reproduces the uninterrupted run; a folder holding
 another run is refused unless ``--resume`` or ``--overwrite``.
 
 ``--evaluate WEIGHTS`` loads a state dict (or a checkpoint) and reports the
-error on the 10,000 test images, with a progress bar.
+error on the 10,000 test images, with a progress bar; ``--evaluate shipped``
+takes the ODE-Net weights that ship in the package.
 
 Under ``torchrun --nproc_per_node N`` the same command trains with
 DistributedDataParallel (see :mod:`neurode.train.distributed`); ``--batch-size``
@@ -24,6 +25,7 @@ Examples::
     neurode mnist --model odenet --epochs 160
     neurode mnist --model rknet --subset 10000 --epochs 2 --schedule onecycle
     neurode mnist --model odenet --evaluate runs/mnist-odenet/weights.pt
+    neurode mnist --model odenet --evaluate shipped
 """
 
 from __future__ import annotations
@@ -72,13 +74,17 @@ from ..train.distributed import (
 from ..train.progress import ProgressBar
 from ..train.run_folder import RunFolder
 
-__all__ = ["add_parser", "build_model", "evaluate", "run", "train"]
+__all__ = ["SHIPPED_WEIGHTS", "add_parser", "build_model", "evaluate", "run", "train"]
 
 from ._common import HelpFormatter, add_output_options, plain_text
 from ._mnist_outputs import _plot_history, _write_atomic
 from ._mnist_schedules import _make_scheduler
 
 MODELS = ("resnet", "odenet", "rknet")
+
+SHIPPED = "shipped"
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "odenet_mnist_cpu.pt"
+"""The ODE-Net weights in the package (``--evaluate shipped``)."""
 SCHEDULES = ("step", "onecycle")
 _MOMENTUM = 0.9
 
@@ -189,7 +195,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--evaluate",
         default=None,
         metavar="WEIGHTS",
-        help="only report the test error of these weights (a state dict or a checkpoint)",
+        help="only report the test error of these weights (a state dict or a checkpoint; "
+        "'shipped': the ODE-Net weights in the package)",
     )
     parser.set_defaults(run=run)
     return parser
@@ -308,6 +315,9 @@ def _validate(args: argparse.Namespace) -> None:
     if args.evaluate is not None:
         _require(not args.resume, "--evaluate and --resume cannot be combined")
         _require(not args.overwrite, "--evaluate writes nothing; --overwrite does not apply")
+        if args.evaluate == SHIPPED:
+            _require(args.model == "odenet", "--evaluate shipped holds ODE-Net weights")
+            args.evaluate = str(SHIPPED_WEIGHTS)
         if not Path(args.evaluate).is_file():
             raise FileNotFoundError(f"--evaluate: no weights file at {args.evaluate}")
     resume = _resume_path(args)

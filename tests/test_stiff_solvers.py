@@ -131,7 +131,7 @@ def test_van_der_pol_stiff_first_relaxation(method):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["kvaerno5", "rodas5p", "auto"])
-def test_van_der_pol_mu_1000_on_three_periods(method):
+def test_van_der_pol_mu_1000_to_3000(method):
     problem = van_der_pol(1000.0)
     times = _times(0.0, 1000.0, 2000.0, 3000.0)
     reference = reference_solution(problem, times)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 import torch
 
 from ..solvers._stage_rows import differentiable_step_in_state_dtype, is_per_row
+from ..solvers.jacobian import differentiable_jacobian
 from ..solvers.jacobian_cache import JacobianCache
 from ..solvers.rosenbrock import rosenbrock_step, time_derivative
 from ..solvers.rosenbrock_tableau import RosenbrockTableau
@@ -71,42 +72,11 @@ class _FactoredMatrix:
 def jacobian_with_graph(
     func: Callable, t, y: torch.Tensor, *, per_row: bool, user: Callable | None
 ) -> torch.Tensor:
-    """``∂f/∂y`` at ``(t, y)`` as a differentiable function of ``y`` and of what ``func`` holds.
-
-    One evaluation of ``func`` and a batched backward pass that builds its own graph
-    (plain autograd: ``torch.func.jacrev`` wraps the forward pass too, and took 2.3
-    times as long on Robertson's three equations).
-    """
+    """``∂f/∂y`` at ``(t, y)`` as a differentiable function of ``y`` and of what ``func`` holds."""
     if user is not None:
         matrix = user(t, y)
         return matrix if matrix.dtype == y.dtype else matrix.to(y.dtype)
-    with torch.enable_grad():
-        state = y if y.requires_grad else y.detach().requires_grad_(True)
-        out = func(t, state)
-        out = out if out.dtype == y.dtype else out.to(y.dtype)
-        if per_row:
-            rows, d = y.shape[0], y[0].numel()
-            # Basis vector k set in every row: [k, b] = e_kᵀ J_b, row k of each block.
-            basis = torch.eye(d, dtype=y.dtype, device=y.device)
-            basis = basis[:, None, :].expand(d, rows, d).reshape(d, *y.shape)
-        else:
-            n = y.numel()
-            basis = torch.eye(n, dtype=y.dtype, device=y.device).reshape(n, *y.shape)
-        if not out.requires_grad:
-            products = torch.zeros_like(basis)
-        else:
-            (products,) = torch.autograd.grad(
-                out,
-                state,
-                basis,
-                create_graph=True,
-                is_grads_batched=True,
-                allow_unused=True,
-                materialize_grads=True,
-            )
-    if per_row:
-        return products.reshape(d, rows, d).permute(1, 0, 2)
-    return products.reshape(n, n)
+    return differentiable_jacobian(func, t, y, per_row=per_row)
 
 
 class RosenbrockMethod:

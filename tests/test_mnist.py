@@ -593,14 +593,18 @@ def test_two_process_ddp_keeps_ranks_identical_and_learns(tmp_path):
     assert after < before - 0.03
 
 
-@needs_mnist
-def test_shipped_cpu_odenet_weights_classify_the_first_test_images():
+def _shipped_odenet() -> ODENet:
     import neurode
 
     weights = Path(neurode.__file__).parent / "weights" / "odenet_mnist_cpu.pt"
     model = ODENet()
     model.load_state_dict(torch.load(weights, weights_only=True))
-    model.eval()
+    return model.eval()
+
+
+@needs_mnist
+def test_shipped_cpu_odenet_weights_classify_the_first_test_images():
+    model = _shipped_odenet()
     images, labels = load_mnist("test", MNIST_DIR, download=False)
     with torch.no_grad():
         predictions = model(normalize_mnist(images[:200]).unsqueeze(1)).argmax(dim=1)
@@ -611,12 +615,7 @@ def test_shipped_cpu_odenet_weights_classify_the_first_test_images():
 @needs_mnist
 @pytest.mark.slow
 def test_shipped_cpu_odenet_weights_reach_the_papers_error_on_the_whole_test_set():
-    import neurode
-
-    weights = Path(neurode.__file__).parent / "weights" / "odenet_mnist_cpu.pt"
-    model = ODENet()
-    model.load_state_dict(torch.load(weights, weights_only=True))
-    model.eval()
+    model = _shipped_odenet()
     images, labels = load_mnist("test", MNIST_DIR, download=False)
     wrong = 0
     with torch.no_grad():

@@ -368,8 +368,15 @@ def test_per_row_step_equals_each_row_solved_alone(name):
         alone = _row_step(name, problem.row(row), y[row], float(t[row]), float(h[row]))
         torch.testing.assert_close(batch.y1[row], alone.y1, rtol=1e-13, atol=1e-18)
         if alone.error_estimate is not None:
+            # The estimate cancels terms far larger than itself; the rows may sum them in
+            # another order (one matrix-vector product over the whole batch), so compare
+            # to the rounding of those terms: ε Σ_i |u_i|.
+            terms = sum(stage.abs().max() for stage in alone.stages)
             torch.testing.assert_close(
-                batch.error_estimate[row], alone.error_estimate, rtol=1e-9, atol=1e-20
+                batch.error_estimate[row],
+                alone.error_estimate,
+                rtol=1e-9,
+                atol=16 * torch.finfo(F64).eps * float(terms),
             )
         if alone.newton is not None:
             assert int(batch.newton.iterations[row]) == int(alone.newton.iterations)

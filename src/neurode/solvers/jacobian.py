@@ -92,10 +92,7 @@ def _reverse_jacobian(
     products keep their graph, through ``y`` where it requires grad.
     """
     with torch.enable_grad():
-        if create_graph and y.requires_grad:
-            state = y
-        else:
-            state = y.detach().clone().requires_grad_(True)
+        state = y if create_graph and y.requires_grad else y.detach().clone().requires_grad_(True)
         out = _as_state(func(t, state), y)
         if per_row:
             rows, d = y.shape[0], y[0].numel()

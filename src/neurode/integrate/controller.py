@@ -362,6 +362,8 @@ class RowPIDController:
             converged = torch.full_like(active, bool(converged))
         finite = torch.isfinite(ratio)
         at_min_step = h <= c.min_step * (1 + 1e-12)  # (t + h) - t may round above h
+        if bool((finite & converged).all()):
+            return self._decide_regular(t, h, ratio, at_min_step)
         accept = active & converged & finite & ((ratio <= 1.0) | at_min_step)
         positive = finite & (ratio > 0)
         factor = c.factor(
@@ -389,6 +391,25 @@ class RowPIDController:
             active, finite | (~converged & stages_finite), self._last_finite
         )
         return accept, torch.where(active, proposed, h), any_accepted
+
+    def _decide_regular(self, t, h, ratio, at_min_step):
+        """:meth:`decide` when every row's stages converged and its error ratio is finite
+        (the common case), without the masks that only matter otherwise."""
+        c = self.coefficients
+        active = self._active
+        accept = active & ((ratio <= 1.0) | at_min_step)
+        positive = ratio > 0
+        factor = c.factor(
+            torch.where(positive, ratio, 1.0), self._history[:, 0], self._history[:, 1], self._k
+        )
+        factor = torch.where(positive, factor.clamp(min=c.dfactor, max=c.ifactor), c.ifactor)
+        updated = torch.stack([ratio.clamp(min=_RATIO_FLOOR), self._history[:, 0]], dim=1)
+        self._history = torch.where(accept[:, None], updated, self._history)
+        proposed = self.clip(h * factor)
+        self._accepted += accept
+        self._rejected += active & ~accept
+        self._last_finite = self._last_finite | active
+        return accept, torch.where(active, proposed, h), bool(accept.any())
 
 
 def _ulp(t: torch.Tensor) -> torch.Tensor:

@@ -186,12 +186,16 @@ def _buffered_stages(tableau, func, t, y0, f0, h, matrix, f_t, per_row):
     coefficients = _tableau_matrices(tableau, y0.dtype, y0.device)
     buffer = torch.zeros((s, y0.numel()), dtype=y0.dtype, device=y0.device)
     columns = buffer.T
-    stage_rows = buffer.unbind(0)
-    y0_flat = y0.reshape(-1)
     h_rows = row_values(h, y0)
     h_gamma = h_rows * tableau.gamma
     joint = not isinstance(h_gamma, torch.Tensor)
-    time_term = None if f_t is None else (h_gamma * h_rows * f_t).reshape(-1)
+    # Flat rows in joint mode, rows shaped like the state per row (its solves keep the shape).
+    stage_rows = buffer.unbind(0) if joint else buffer.view((s, *shape)).unbind(0)
+    y0_flat = y0.reshape(-1)
+    time_term = None
+    if f_t is not None:
+        time_term = h_gamma * h_rows * f_t
+        time_term = time_term.reshape(-1) if joint else time_term
     for i in range(s):
         if i == 0:
             value = f0
@@ -202,21 +206,21 @@ def _buffered_stages(tableau, func, t, y0, f0, h, matrix, f_t, per_row):
         if joint:
             rhs = torch.addmv(value.reshape(-1), columns, coefficients.gamma_c[i], beta=h_gamma)
         else:
-            rhs = torch.mv(columns, coefficients.gamma_c[i]).view(shape)
-            rhs = torch.addcmul(rhs, h_gamma, value).reshape(-1)
+            rhs = torch.addcmul(
+                torch.mv(columns, coefficients.gamma_c[i]).view(shape), h_gamma, value
+            )
         if time_term is not None and tableau.gamma_sums[i] != 0.0:
             rhs.add_(time_term, alpha=tableau.gamma_sums[i])
-        if joint:
-            stage_rows[i].copy_(matrix.solve(rhs))
-        else:
-            stage_rows[i].copy_(matrix.solve(rhs.view(shape)).reshape(-1))
+        stage_rows[i].copy_(matrix.solve(rhs))
     y1 = torch.addmv(y0_flat, columns, coefficients.m).view(shape)
     error = None
     if coefficients.m_error is not None:
         error = torch.mv(columns, coefficients.m_error).view(shape)
-    finite = torch.isfinite(buffer)
-    finite = finite.view(s, shape[0], -1).all(dim=2).all(dim=0) if per_row else finite.all()
-    return y1, error, list(buffer.view((s, *shape)).unbind(0)), finite
+    # A non-finite stage that matters reaches y1 or the error estimate (inf − inf is NaN).
+    finite = torch.isfinite(y1 if error is None else y1 + error)
+    finite = finite.view(shape[0], -1).all(dim=1) if per_row else finite.all()
+    stages = list(stage_rows) if not joint else list(buffer.view((s, *shape)).unbind(0))
+    return y1, error, stages, finite
 
 
 def _recorded_stages(tableau, func, t, y0, f0, h, matrix, f_t, per_row):

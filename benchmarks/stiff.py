@@ -12,10 +12,11 @@ small components are ~1e-5 and ~1e-4; 1e-2 for van der Pol). Solvers, in one
 run on the same problem objects:
 
 - scipy's ``solve_ivp`` with ``Radau``, ``BDF`` and ``LSODA``, each given the
-  problem's analytic Jacobian (``jac=``). By default scipy gets the vector field
-  and Jacobian written in NumPy, as a scipy user would write them
-  (``--scipy-field torch`` hands it the torch functions instead, converting
-  arrays on every call);
+  problem's analytic Jacobian (``jac=``), twice (``--scipy-field both``, the
+  default): with the vector field and Jacobian written in NumPy, as a scipy
+  user would write them ("scipy LSODA"), and with the very torch functions
+  neurode gets, converting arrays on every call ("scipy LSODA (torch f)"): the
+  same function cost on both sides, so the difference is the solvers';
 - neurode's ``kvaerno5`` (ESDIRK, Newton), ``rodas5p`` and ``rodas5``
   (Rosenbrock) and ``auto`` (tsit5 and rodas5p, switched by stiffness), each
   given the same analytic Jacobian (``options={"jacobian": ...}``; ``--neurode-jacobian
@@ -45,15 +46,19 @@ Then the targets: neurode's NFE against Radau's *at equal accuracy* (Radau's
 NFE interpolated log–log along its three tolerances to the error the neurode
 solve reached; "—" where that error is outside Radau's measured range), and
 wall time against scipy's fastest solver at the same rtol and at equal
-accuracy.
+accuracy, once against scipy with NumPy functions and once against scipy with
+the torch functions. A last line per problem gives the floor of the first
+comparison: the time a solver would take that did nothing but call the torch
+``f`` as often as scipy's fastest method calls its NumPy ``f``.
 
 Parameter sweep (``--sweep-rows``, default 1024): Robertson with one rate set
 per row, ``k = (0.04, 3e7, 1e4) · exp(σ z)``, ``z ~ N(0, I)``, ``σ =
 --sweep-spread`` (0.5), seed 0; rtol 1e-6, atol 1e-10, to ``t = 4e5``. neurode
 solves the whole batch in one call: ``batch="per_sample"`` (every row its own
 steps, per-row 3×3 Jacobians and LUs) and as one joint system of ``3·B``
-unknowns (one step size; a block-diagonal ``3B × 3B`` Jacobian factorised
-densely), with rodas5p and kvaerno5. scipy solves rows one by one; its loop is
+unknowns (one step size for all rows; the Jacobian given as ``(B, 3, 3)`` row
+blocks, so the iteration matrix is factored block by block), with rodas5p and
+kvaerno5. scipy solves rows one by one; its loop is
 timed on the first ``--sweep-scipy-rows`` rows (32) and extrapolated linearly to
 all rows. Errors are checked on the first ``--sweep-check-rows`` rows against
 scipy's Radau at rtol 1e-10, atol 1e-14. Solves whose first run takes longer
@@ -64,8 +69,7 @@ branch adds fixed-step ones (``implicit_euler``, ``radauIIA5``, ...). If the
 installed torchdiffeq lists them the script says so; none is timed, since a
 fixed grid cannot follow Robertson's time scales from 1e-5 to 1e5.
 
-Run (the default takes about five minutes on one core; the joint 3072-unknown
-sweep solves take most of it)::
+Run (the default takes about three minutes on one core)::
 
     OMP_NUM_THREADS=1 python benchmarks/stiff.py
     OMP_NUM_THREADS=1 python benchmarks/stiff.py --problems hires --rtols 1e-6 --sweep-rows 0
@@ -106,6 +110,9 @@ NEURODE_METHODS = ("kvaerno5", "rodas5p", "rodas5", "auto")
 OPTIONAL_METHODS = ("kvaerno3", "kvaerno4")
 TAKES_AUTONOMOUS = ("rodas5", "rodas5p", "auto")
 ROBERTSON_RATES = (0.04, 3e7, 1e4)
+SCIPY_FIELDS = {"numpy": ("numpy",), "torch": ("torch",), "both": ("numpy", "torch")}
+SCIPY_LABELS = {"numpy": "scipy", "torch": "scipy-torch"}
+"""The ``library`` of a scipy row: its functions in NumPy, or neurode's torch functions."""
 SWEEP_RTOL = 1e-6
 SWEEP_ATOL_SCALE = 1e-4
 
@@ -318,7 +325,9 @@ def run_problem(case: Case, rtols, methods, args) -> list[dict]:
     for rtol in rtols:
         for method in methods:
             if method in SCIPY_METHODS:
-                cases[("scipy", method, rtol)] = scipy_runner(case, method, rtol, args.scipy_field)
+                for field in SCIPY_FIELDS[args.scipy_field]:
+                    label = SCIPY_LABELS[field]
+                    cases[(label, method, rtol)] = scipy_runner(case, method, rtol, field)
             else:
                 cases[("neurode", method, rtol)] = neurode_runner(
                     case, method, rtol, args.neurode_jacobian
@@ -360,65 +369,102 @@ def at_accuracy(points: list[tuple[float, float]], error: float) -> float | None
     return math.exp(float(np.interp(x, errors, values)))
 
 
-def _curve(rows, problem, method, column):
+def _curve(rows, problem, method, column, library="scipy"):
     return [
-        (r["error"], r[column]) for r in rows if r["problem"] == problem and r["method"] == method
+        (r["error"], r[column])
+        for r in rows
+        if r["problem"] == problem and r["method"] == method and r["library"] == library
     ]
 
 
-def target_rows(rows: list[dict], rtols) -> list[dict]:
-    """Per problem and rtol: NFE against Radau at equal accuracy, time against scipy's best."""
+def _time_against(rows, problem, ours, theirs, library, scipy_methods) -> dict:
+    """Wall time of neurode's runs against one scipy variant's (``library``), same rtol and
+    at equal accuracy (every neurode run against the fastest scipy method interpolated to
+    that run's error; the best such ratio)."""
+    fastest_ours = min(ours, key=lambda r: r["time"])
+    fastest_theirs = min(theirs, key=lambda r: r["time"])
+    best = None
+    for r in ours:
+        scipy_times = [
+            at_accuracy(_curve(rows, problem, m, "time", library), r["error"])
+            for m in scipy_methods
+        ]
+        scipy_times = [t for t in scipy_times if t is not None]
+        if scipy_times:
+            ratio = r["time"] / min(scipy_times)
+            if best is None or ratio < best[0]:
+                best = (ratio, r["method"])
+    return {
+        "ours": fastest_ours,
+        "theirs": fastest_theirs,
+        "same_tol": fastest_ours["time"] / fastest_theirs["time"],
+        "equal_acc": best,
+    }
+
+
+def target_rows(rows: list[dict], rtols, field_costs: dict[str, float]) -> list[dict]:
+    """Per problem and rtol: NFE against Radau at equal accuracy, time against scipy's best.
+
+    ``field_costs``: seconds per call of each problem's torch ``f``, for the floor.
+    """
     out = []
     problems = list(dict.fromkeys(r["problem"] for r in rows))
     scipy_methods = [m for m in SCIPY_METHODS if any(r["method"] == m for r in rows)]
+    libraries = [lib for lib in SCIPY_LABELS.values() if any(r["library"] == lib for r in rows)]
     for problem in problems:
         for rtol in rtols:
             here = [r for r in rows if r["problem"] == problem and r["rtol"] == rtol]
             ours = [r for r in here if r["library"] == "neurode"]
-            theirs = [r for r in here if r["library"] == "scipy"]
-            if not ours or not theirs:
+            if not ours:
                 continue
             entry: dict[str, Any] = {
                 "problem": problem,
                 "rtol": rtol,
                 "nfe": {},
                 "scipy_methods": scipy_methods,
+                "time": {},
             }
-            radau = next((r for r in theirs if r["method"] == "Radau"), None)
+            radau = next(
+                (r for r in here if r["library"] == "scipy" and r["method"] == "Radau"), None
+            )
             radau_curve = _curve(rows, problem, "Radau", "nfe")
             for r in ours:
                 same_tol = r["nfe"] / radau["nfe"] if radau else None
                 radau_nfe = at_accuracy(radau_curve, r["error"]) if radau else None
                 equal_acc = r["nfe"] / radau_nfe if radau_nfe else None
                 entry["nfe"][r["method"]] = (same_tol, equal_acc)
-            fastest_ours = min(ours, key=lambda r: r["time"])
-            fastest_theirs = min(theirs, key=lambda r: r["time"])
-            entry["ours"] = fastest_ours
-            entry["theirs"] = fastest_theirs
-            entry["time_same_tol"] = fastest_ours["time"] / fastest_theirs["time"]
-            # Equal accuracy: every neurode run against the fastest scipy method
-            # interpolated to that run's error; the best such ratio.
-            best = None
-            for r in ours:
-                scipy_times = [
-                    at_accuracy(_curve(rows, problem, m, "time"), r["error"]) for m in scipy_methods
-                ]
-                scipy_times = [s for s in scipy_times if s is not None]
-                if scipy_times:
-                    ratio = r["time"] / min(scipy_times)
-                    if best is None or ratio < best[0]:
-                        best = (ratio, r["method"])
-            entry["time_equal_acc"] = best
-            radau_best = None
-            for r in ours:
-                radau_time = at_accuracy(_curve(rows, problem, "Radau", "time"), r["error"])
-                if radau_time is not None:
-                    ratio = r["time"] / radau_time
-                    if radau_best is None or ratio < radau_best[0]:
-                        radau_best = (ratio, r["method"])
-            entry["time_vs_radau"] = radau_best
+            for library in libraries:
+                theirs = [r for r in here if r["library"] == library]
+                if theirs:
+                    entry["time"][library] = _time_against(
+                        rows, problem, ours, theirs, library, scipy_methods
+                    )
+            if not entry["time"]:
+                continue
+            numpy_runs = [r for r in here if r["library"] == "scipy"]
+            if numpy_runs and problem in field_costs:
+                fastest = min(numpy_runs, key=lambda r: r["time"])
+                entry["floor"] = {
+                    "method": fastest["method"],
+                    "scipy_time": fastest["time"],
+                    "nfe": fastest["nfe"],
+                    "f_only": fastest["nfe"] * field_costs[problem],
+                }
             out.append(entry)
     return out
+
+
+def field_cost(case: Case, calls: int = 2000) -> float:
+    """Seconds per call of the problem's torch ``f`` at its initial state (best of 5)."""
+    func, y = case.problem.func, case.problem.y0
+    best = math.inf
+    with torch.no_grad():
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(calls):
+                func(0.0, y)
+            best = min(best, (time.perf_counter() - start) / calls)
+    return best
 
 
 # ------------------------------------------------------------------------ sweep
@@ -426,15 +472,6 @@ def sweep_rates(rows: int, spread: float, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     z = torch.randn(rows, 3, generator=generator, dtype=F64)
     return torch.tensor(ROBERTSON_RATES, dtype=F64) * torch.exp(spread * z)
-
-
-def _block_diagonal_jacobian(problem: StiffProblem):
-    """The joint system's ``(3B, 3B)`` Jacobian from the problem's per-row blocks."""
-
-    def jacobian(t, y):
-        return torch.block_diag(*problem.jacobian(t, y).unbind(0))
-
-    return jacobian
 
 
 def run_sweep(args) -> dict:
@@ -453,8 +490,8 @@ def run_sweep(args) -> dict:
     )
 
     def neurode_case(method: str, mode: str):
-        per_sample = mode == "per_sample"
-        jacobian = problem.jacobian if per_sample else _block_diagonal_jacobian(problem)
+        # Row blocks (B, 3, 3) in both modes: joint mode factors them block by block.
+        jacobian = problem.jacobian
         options = neurode_options(method, jacobian, args.neurode_jacobian)
 
         def run():
@@ -555,7 +592,11 @@ def format_single(rows: list[dict]) -> str:
     table = []
     for r in rows:
         steps = f"{r['accepted']}/{r['attempted'] if r['attempted'] is not None else '—'}"
-        name = r["method"] if r["library"] == "neurode" else f"scipy {r['method']}"
+        name = r["method"]
+        if r["library"] == "scipy":
+            name = f"scipy {name}"
+        elif r["library"] == "scipy-torch":
+            name = f"scipy {name} (torch f)"
         table.append(
             [
                 r["problem"],
@@ -577,32 +618,36 @@ def _ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
+_TIME_COLUMNS = {"scipy": "scipy", "scipy-torch": "scipy (torch f)"}
+
+
 def format_targets(entries: list[dict], methods) -> str:
     ours = [m for m in methods if m not in SCIPY_METHODS]
-    headers = [
-        "problem",
-        "rtol",
-        *[f"{m} NFE ÷ Radau (equal tol / equal acc.)" for m in ours],
-        "fastest neurode ÷ fastest scipy, same rtol",
-        "best neurode ÷ fastest scipy, equal acc.",
-        "best neurode ÷ Radau, equal acc.",
-    ]
+    libraries = [lib for lib in _TIME_COLUMNS if any(lib in e["time"] for e in entries)]
+    headers = ["problem", "rtol", *[f"{m} NFE ÷ Radau (equal tol / equal acc.)" for m in ours]]
+    for library in libraries:
+        name = _TIME_COLUMNS[library]
+        headers += [
+            f"fastest neurode ÷ fastest {name}, same rtol",
+            f"best neurode ÷ fastest {name}, equal acc.",
+        ]
     table = []
     for e in entries:
         cells = []
         for m in ours:
             same, equal = e["nfe"].get(m, (None, None))
             cells.append(f"{_ratio(same)} / {_ratio(equal)}")
-        same_tol = f"{e['time_same_tol']:.2f} ({e['ours']['method']} ÷ {e['theirs']['method']})"
-        if e["time_equal_acc"] is None:
-            equal_acc = "—"
-        else:
-            equal_acc = f"{e['time_equal_acc'][0]:.2f} ({e['time_equal_acc'][1]})"
-        if e["time_vs_radau"] is None:
-            vs_radau = "—"
-        else:
-            vs_radau = f"{e['time_vs_radau'][0]:.2f} ({e['time_vs_radau'][1]})"
-        table.append([e["problem"], f"{e['rtol']:.0e}", *cells, same_tol, equal_acc, vs_radau])
+        for library in libraries:
+            times = e["time"].get(library)
+            if times is None:
+                cells += ["—", "—"]
+                continue
+            cells.append(
+                f"{times['same_tol']:.2f} ({times['ours']['method']} ÷ {times['theirs']['method']})"
+            )
+            equal = times["equal_acc"]
+            cells.append("—" if equal is None else f"{equal[0]:.2f} ({equal[1]})")
+        table.append([e["problem"], f"{e['rtol']:.0e}", *cells])
     return markdown_table(headers, table)
 
 
@@ -670,24 +715,47 @@ def check_targets(entries: list[dict], sweep: dict | None) -> list[str]:
                 f"{len(ratios)} comparable cases (worst {worst[2]:.2f}, {worst[0]} "
                 f"{worst[1]:.0e}); {listed}."
             )
-        same = [(e["problem"], e["rtol"], e["time_same_tol"]) for e in entries]
-        met = sum(1 for _, _, v in same if v <= 2)
-        listed = ", ".join(f"{p} {t:.0e}: {v:.2f}" for p, t, v in same)
-        lines.append(
-            f"- Wall time within 2× of scipy's fastest{of}, same rtol: met in {met} of {len(same)} "
-            f"({listed})."
-        )
-        equal = [
-            (e["problem"], e["rtol"], e["time_equal_acc"][0])
-            for e in entries
-            if e["time_equal_acc"] is not None
-        ]
-        if equal:
-            met = sum(1 for _, _, v in equal if v <= 2)
-            listed = ", ".join(f"{p} {t:.0e}: {v:.2f}" for p, t, v in equal)
+        for library in _TIME_COLUMNS:
+            timed = [e for e in entries if library in e["time"]]
+            if not timed:
+                continue
+            against = f"scipy's fastest{of}" + (
+                ", all given the torch f" if library != "scipy" else ""
+            )
+            same = [(e["problem"], e["rtol"], e["time"][library]["same_tol"]) for e in timed]
+            met = sum(1 for _, _, v in same if v <= 2)
+            listed = ", ".join(f"{p} {t:.0e}: {v:.2f}" for p, t, v in same)
             lines.append(
-                f"- Wall time within 2× of scipy's fastest{of}, equal accuracy: met in {met} of "
-                f"{len(equal)} comparable cases ({listed})."
+                f"- Wall time within 2× of {against}, same rtol: met in {met} of {len(same)} "
+                f"({listed})."
+            )
+            equal = [
+                (e["problem"], e["rtol"], e["time"][library]["equal_acc"][0])
+                for e in timed
+                if e["time"][library]["equal_acc"] is not None
+            ]
+            if equal:
+                met = sum(1 for _, _, v in equal if v <= 2)
+                listed = ", ".join(f"{p} {t:.0e}: {v:.2f}" for p, t, v in equal)
+                lines.append(
+                    f"- Wall time within 2× of {against}, equal accuracy: met in {met} of "
+                    f"{len(equal)} comparable cases ({listed})."
+                )
+        floors = [e for e in entries if "floor" in e]
+        if floors:
+            listed = ", ".join(
+                f"{e['problem']} {e['rtol']:.0e}: {e['floor']['nfe']} calls × f = "
+                f"{1e3 * e['floor']['f_only']:.1f} ms against 2 × {e['floor']['method']} "
+                f"{1e3 * e['floor']['scipy_time']:.1f} ms"
+                for e in floors
+            )
+            unreachable = sum(
+                1 for e in floors if e["floor"]["f_only"] > 2 * e["floor"]["scipy_time"]
+            )
+            lines.append(
+                "- Floor of the comparison with NumPy functions: a solver that only called the "
+                "torch f as often as scipy's fastest method calls its NumPy f would already "
+                f"miss 2× in {unreachable} of {len(floors)} cases ({listed})."
             )
     if sweep:
         results = sweep["results"]
@@ -746,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--long", type=float, default=10.0, help="a case whose first run takes longer runs once"
     )
-    parser.add_argument("--scipy-field", choices=("numpy", "torch"), default="numpy")
+    parser.add_argument("--scipy-field", choices=tuple(SCIPY_FIELDS), default="both")
     parser.add_argument(
         "--neurode-jacobian", choices=("analytic", "reverse", "forward"), default="analytic"
     )
@@ -779,13 +847,14 @@ def main(argv: list[str] | None = None) -> int:
         problem_rows = run_problem(all_cases[name], args.rtols, methods, args)
         for r in problem_rows:
             print(
-                f"  {r['rtol']:.0e} {r['library']:7s} {r['method']:9s} NFE {r['nfe']:6d}  "
+                f"  {r['rtol']:.0e} {r['library']:11s} {r['method']:9s} NFE {r['nfe']:6d}  "
                 f"err {r['error']:.1e}  {1e3 * r['time']:9.1f} ms",
                 file=sys.stderr,
                 flush=True,
             )
         rows += problem_rows
-    entries = target_rows(rows, args.rtols)
+    field_costs = {name: field_cost(all_cases[name]) for name in args.problems}
+    entries = target_rows(rows, args.rtols, field_costs)
 
     sweep = None
     if args.sweep_rows > 0:
@@ -793,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = run_sweep(args)
         for r in sweep["results"]:
             print(
-                f"  {r['library']:7s} {r['mode']:10s} {r['method']:9s} {r['time']:8.2f} s  "
+                f"  {r['library']:11s} {r['mode']:10s} {r['method']:9s} {r['time']:8.2f} s  "
                 f"err {r['error']:.1e}",
                 file=sys.stderr,
                 flush=True,
@@ -814,7 +883,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} torch thread(s), {args.clock} time, minimum of {args.repeats} "
         f"interleaved runs, {elapsed:.0f} s in all.",
         "",
-        f"scipy gets the analytic Jacobian (`jac=`) and the field in {args.scipy_field}; "
+        "scipy gets the analytic Jacobian (`jac=`) and the field "
+        + {
+            "numpy": "in NumPy",
+            "torch": "as the torch functions (scipy (torch f))",
+            "both": "in NumPy (scipy) and as the torch functions (scipy (torch f))",
+        }[args.scipy_field]
+        + "; "
         f"neurode gets {jacobian_note} "
         "(`options={'jacobian': ...}`) and `autonomous=True` where the method takes it. "
         "atol = 1e-4·rtol (Robertson, HIRES), 1e-2·rtol (van der Pol). "
@@ -847,7 +922,8 @@ def main(argv: list[str] | None = None) -> int:
             f"k = (0.04, 3e7, 1e4)·exp({sweep['spread']}·z), z ~ N(0, I), seed 0; rtol "
             f"{SWEEP_RTOL:g}, atol {SWEEP_ATOL_SCALE * SWEEP_RTOL:g}, t to 4e5. neurode: one "
             "call for the whole batch (NFE = calls of f on the batch; per_sample Jac/LU = "
-            "batched per-row evaluations/factorisations; joint: one 3B×3B system, dense LU). "
+            "batched per-row evaluations/factorisations; joint: one 3B-unknown system, one step "
+            "size, its Jacobian as (B, 3, 3) row blocks factored block by block). "
             f"scipy: rows one by one, timed on {sweep['scipy_rows']} rows and extrapolated "
             f"linearly to {sweep['rows']} (NFE, Jac, LU per row). Error on the first "
             f"{sweep['check_rows']} rows against Radau at rtol 1e-10 (same measure, "

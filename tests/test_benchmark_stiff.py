@@ -59,9 +59,13 @@ def test_a_tiny_run_writes_every_table(tmp_path):
     for heading in ("## Targets", "## Sweep: Robertson, 4 rate sets", "## Target checks"):
         assert heading in report
     rows = [line for line in report.splitlines() if line.startswith("| hires |")]
-    assert len(rows) == 2 * 3 + 2  # results of three solvers at two rtols, two target rows
+    # Results at two rtols: two scipy solvers with NumPy and with torch functions, and
+    # rodas5p; then two target rows.
+    assert len(rows) == 2 * 5 + 2
+    assert sum("(torch f) |" in line for line in rows) == 4
     # Every solve lands within a modest multiple of its tolerance (relative error, floor s).
-    for line in rows[:6]:
+    for line in rows[:10]:
         error = float(line.split("|")[9])
         assert error < 1e-3, line
     assert "rodas5p | per_sample" in report and "rodas5p | joint" in report
+    assert "all given the torch f" in report and "Floor of the comparison" in report

@@ -230,7 +230,7 @@ class AutoSwitchMethod:
                 else:
                     self.implicit.resume(attempt.end_derivative(field), 0)
             return
-        radius = float(spectral_radius(self.implicit.jacobian_at_start()))
+        radius = float(spectral_radius(self.implicit.jacobian_at_start()).max())
         self.implicit.accept(field, attempt)
         calm = abs(attempt.h) * radius < self.limit
         self._calm = self._calm + 1 if calm else 0
@@ -297,7 +297,8 @@ class AutoSwitchMethod:
             radius = spectral_radius(jacobian)
         threshold = self.explicit.stiffness.threshold
         if not per_row:
-            at_boundary = abs(float(attempt.h)) * float(radius) >= threshold
+            # Joint mode with row blocks: the largest radius over the blocks.
+            at_boundary = abs(float(attempt.h)) * float(radius.max()) >= threshold
             self._jacobian_positives = self._jacobian_positives + 1 if at_boundary else 0
             return self._jacobian_positives >= JACOBIAN_POSITIVES
         at_boundary = attempt.h.abs().to(torch.float64) * radius.to(attempt.h.device) >= threshold

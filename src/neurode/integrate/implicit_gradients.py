@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..solvers.jacobian import dense_jacobian, user_jacobian
+from ..solvers.jacobian import dense_from_blocks, dense_jacobian, is_row_blocks, user_jacobian
 from ..solvers.linear_solve import KrylovSettings, gmres
 
 
@@ -99,6 +99,11 @@ class StageJacobian:
         return lambda v: pullback(v.to(y.dtype))[0]
 
 
+def _without_row_blocks(jacobian: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """The stage system's Kronecker products need the joint matrix whole."""
+    return dense_from_blocks(jacobian) if is_row_blocks(jacobian, per_row) else jacobian
+
+
 def _as(output: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return output if output.dtype == like.dtype else output.to(like.dtype)
 
@@ -123,8 +128,8 @@ def diagonal_transpose_solve(
         n = jacobian.shape[-1]
         identity = torch.eye(n, dtype=jacobian.dtype, device=jacobian.device)
         matrix = identity - _row_factor(h_gamma, jacobian, 2) * jacobian
-        if per_row:
-            columns = grad.reshape(grad.shape[0], n, 1).to(matrix.dtype)
+        if per_row or is_row_blocks(jacobian, per_row):
+            columns = grad.reshape(jacobian.shape[0], n, 1).to(matrix.dtype)
         else:
             columns = grad.reshape(n, 1).to(matrix.dtype)
         return torch.linalg.solve(matrix.mT, columns).reshape(grad.shape).to(grad.dtype)
@@ -154,7 +159,8 @@ def block_transpose_solve(
         if jacobians.krylov is not None:
             return _gmres_transpose(jacobians, times, points, h, grad, s, a_local)
         blocks = [
-            jacobians.dense(times[j], points.select(stage_dim, j)) for j in range(s)
+            _without_row_blocks(jacobians.dense(times[j], points.select(stage_dim, j)), per_row)
+            for j in range(s)
         ]  # each (N, N) or (B, d, d)
         n = blocks[0].shape[-1]
         stacked = torch.stack(blocks, dim=-3)  # (s, N, N) or (B, s, d, d)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 import torch
 
 from ..solvers._stage_rows import differentiable_step_in_state_dtype, is_per_row
-from ..solvers.jacobian import differentiable_jacobian
+from ..solvers.jacobian import differentiable_jacobian, is_row_blocks
 from ..solvers.jacobian_cache import JacobianCache
 from ..solvers.rosenbrock import rosenbrock_step, time_derivative
 from ..solvers.rosenbrock_tableau import RosenbrockTableau
@@ -59,11 +59,12 @@ class _FactoredMatrix:
         identity = torch.eye(n, dtype=jacobian.dtype, device=jacobian.device)
         if isinstance(h_gamma, torch.Tensor):
             h_gamma = h_gamma.to(jacobian.dtype).reshape(-1, 1, 1)
-        self.per_row = per_row
+        # Joint-mode row blocks (B, d, d) are solved row by row, like per-row matrices.
+        self.rows = jacobian.shape[0] if per_row or is_row_blocks(jacobian, per_row) else None
         self._lu, self._pivots = torch.linalg.lu_factor(identity - h_gamma * jacobian)
 
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
-        columns = rhs.reshape(rhs.shape[0], -1, 1) if self.per_row else rhs.reshape(-1, 1)
+        columns = rhs.reshape(-1, 1) if self.rows is None else rhs.reshape(self.rows, -1, 1)
         return torch.linalg.lu_solve(self._lu, self._pivots, columns.to(self._lu.dtype)).view(
             rhs.shape
         )

@@ -11,6 +11,12 @@ Two layouts, matching the two ways a batch is solved:
   of the joint one; it is computed with ``d`` products against basis vectors
   set in every row at once (one vmapped call), never as the ``(Bd, Bd)`` whole.
 
+In joint mode a user-supplied Jacobian may also come as ``(B, d, d)`` blocks for
+a state of shape ``(B, ...)``: it declares that the rows do not interact, so the
+joint ``J`` is block diagonal (:func:`is_row_blocks`). The iteration matrices
+then factor ``B`` blocks of size ``d`` instead of one ``(Bd, Bd)`` matrix;
+consumers without a block path expand it (:func:`dense_from_blocks`).
+
 Derivatives come from ``torch.func``: ``"reverse"`` (vector–Jacobian products,
 works with every op that has a backward formula) or ``"forward"``
 (Jacobian–vector products: one vmapped forward-mode call). Either way ``func``
@@ -127,18 +133,32 @@ def user_jacobian(
 ) -> torch.Tensor:
     """A user-supplied ``jacobian(t, y)``, checked for its layout and cast to the state's dtype."""
     matrix = jacobian(t, y)
+    blocks = (y.shape[0], y[0].numel(), y[0].numel()) if y.ndim >= 2 else None
     if per_row:
-        d = y[0].numel()
-        expected = (y.shape[0], d, d)
+        allowed, layout = (blocks,), "per row"
+    elif blocks is not None:
+        allowed = ((y.numel(), y.numel()), blocks)
+        layout = "the flattened state, or one block per row when rows do not interact"
     else:
-        expected = (y.numel(), y.numel())
-    if not isinstance(matrix, torch.Tensor) or tuple(matrix.shape) != expected:
+        allowed, layout = ((y.numel(), y.numel()),), "the flattened state"
+    if not isinstance(matrix, torch.Tensor) or tuple(matrix.shape) not in allowed:
         shape = tuple(matrix.shape) if isinstance(matrix, torch.Tensor) else type(matrix)
+        expected = " or ".join(str(shape) for shape in allowed)
         raise ShapeMismatchError(
             f"jacobian(t, y) must return a tensor of shape {expected} for a state of shape "
-            f"{tuple(y.shape)} ({'per row' if per_row else 'the flattened state'}); got {shape}"
+            f"{tuple(y.shape)} ({layout}); got {shape}"
         )
     return _as_state(matrix, y).detach()
+
+
+def is_row_blocks(jacobian: torch.Tensor, per_row: bool) -> bool:
+    """A joint-mode Jacobian given as ``(B, d, d)`` blocks of independent rows."""
+    return not per_row and jacobian.ndim == 3
+
+
+def dense_from_blocks(jacobian: torch.Tensor) -> torch.Tensor:
+    """The ``(Bd, Bd)`` block-diagonal matrix of ``(B, d, d)`` row blocks."""
+    return torch.block_diag(*jacobian.unbind(0))
 
 
 def jacobian_vector_product(

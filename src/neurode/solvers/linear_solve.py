@@ -27,7 +27,7 @@ from typing import Protocol
 
 import torch
 
-from .jacobian import VectorField, jacobian_vector_product
+from .jacobian import VectorField, dense_from_blocks, is_row_blocks, jacobian_vector_product
 
 
 class IterationMatrix(Protocol):
@@ -69,6 +69,8 @@ class DenseIterationMatrix:
     """
 
     def __init__(self, jacobian: torch.Tensor, h_gamma: float | torch.Tensor, *, per_row: bool):
+        # Joint-mode row blocks (B, d, d) are solved like rows, with one hγ for all.
+        self.row_blocks = is_row_blocks(jacobian, per_row)
         self.per_row = per_row
         self.h_gamma = h_gamma
         n = jacobian.shape[-1]
@@ -92,17 +94,30 @@ class DenseIterationMatrix:
 
     @property
     def singular(self) -> torch.Tensor:
-        return self._info != 0
+        singular = self._info != 0
+        return singular.any() if self.row_blocks else singular
 
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        if self.row_blocks:
+            rows = self._info.shape[0]
+            return self._solve_rows(rhs.reshape(rows, -1)).view(tuple(rhs.shape))
+        return self._solve_rows(rhs) if self.per_row else self._solve_joint(rhs)
+
+    def _solve_rows(self, rhs: torch.Tensor) -> torch.Tensor:
         inverse = self._inverse
         if inverse is None:
-            return _lu_solve(self._lu, self._pivots, rhs, self.per_row)
+            return _lu_solve(self._lu, self._pivots, rhs, True)
         if rhs.dtype != inverse.dtype:
-            return self.solve(rhs.to(inverse.dtype)).to(rhs.dtype)
-        if self.per_row:
-            columns = rhs.reshape(rhs.shape[0], -1, 1)
-            return torch.bmm(inverse, columns).view(tuple(rhs.shape))
+            return self._solve_rows(rhs.to(inverse.dtype)).to(rhs.dtype)
+        columns = rhs.reshape(rhs.shape[0], -1, 1)
+        return torch.bmm(inverse, columns).view(tuple(rhs.shape))
+
+    def _solve_joint(self, rhs: torch.Tensor) -> torch.Tensor:
+        inverse = self._inverse
+        if inverse is None:
+            return _lu_solve(self._lu, self._pivots, rhs, False)
+        if rhs.dtype != inverse.dtype:
+            return self._solve_joint(rhs.to(inverse.dtype)).to(rhs.dtype)
         if rhs.ndim == 1:
             return torch.mv(inverse, rhs)
         return torch.mv(inverse, rhs.reshape(-1)).view(tuple(rhs.shape))
@@ -116,6 +131,8 @@ class BlockIterationMatrix:
     ):
         self.per_row = per_row
         self.h = h
+        if is_row_blocks(jacobian, per_row):
+            jacobian = dense_from_blocks(jacobian)
         s, n = a.shape[0], jacobian.shape[-1]
         a = a.to(jacobian.dtype)
         if per_row:

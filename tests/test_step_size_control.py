@@ -51,6 +51,70 @@ def test_pid_step_sizes_follow_the_formula_over_a_sequence_of_steps(pcoeff, icoe
         h = proposed
 
 
+class _PredictiveAttempt(_Attempt):
+    predictive = True
+
+
+def test_predictive_rule_bounds_the_step_after_accepted_steps():
+    # Gustafsson: h_{n+1} <= safety h_n (h_n / h_{n-1}) (r_{n-1} / r_n^2)^(1/k), with
+    # r_{n-1} floored at 1e-2; the plain rule where it is smaller, and nothing on the
+    # first accepted step (no h_{n-1} yet).
+    controller = _controller(safety=0.9)
+    k = 5.0
+    previous = None
+    h = 0.1
+    for ratio in [0.5, 0.9, 0.95, 0.005, 0.7]:
+        accept, proposed, _ = controller.decide(0.0, h, _PredictiveAttempt(ratio))
+        assert accept
+        factor = min(10.0, max(0.9 * ratio ** (-1 / k), 0.2))
+        if previous is not None:
+            h_prev, r_prev = previous
+            predicted = 0.9 * (h / h_prev) * (r_prev / ratio**2) ** (1 / k)
+            factor = min(factor, min(10.0, max(predicted, 0.2)))
+        assert proposed == pytest.approx(h * factor, rel=1e-12)
+        previous = (h, max(ratio, 1e-2))
+        h = proposed
+    # Without the flag (explicit methods) the same sequence follows the plain rule.
+    plain = _controller(safety=0.9)
+    accept, first, _ = plain.decide(0.0, 0.1, _Attempt(0.5))
+    accept, second, _ = plain.decide(0.0, first, _Attempt(0.9))
+    assert second == pytest.approx(first * 0.9 * 0.9 ** (-1 / k), rel=1e-12)
+
+
+def test_predictive_rule_cuts_the_rejections_of_a_shrinking_step_size():
+    # Approaching van der Pol's fast transients the plain rule proposes about the step it
+    # just took, and every other step is rejected; the predictive rule follows the trend.
+    from neurode.data.stiff_problems import reference_solution, van_der_pol
+
+    problem = van_der_pol(1000.0)
+    t = torch.tensor(problem.t_span, dtype=F64)
+    reference = reference_solution(problem, [problem.t_span[1]])[-1]
+    results = {}
+    for predictive in (True, False):
+        options = {"jacobian": problem.jacobian, "autonomous": True, "predictive": predictive}
+        with torch.no_grad():
+            solution = neurode.solve(
+                problem.func, problem.y0, t, method="rodas5", rtol=1e-4, atol=1e-6, options=options
+            )
+        error = float(((solution.ys[-1] - reference).abs() / (1e-2 + reference.abs())).max())
+        results[predictive] = (solution.stats["rejected"], solution.stats["nfe"], error)
+    (rejected, nfe, error), (plain_rejected, plain_nfe, _) = results[True], results[False]
+    assert rejected < plain_rejected / 3
+    assert nfe < 0.8 * plain_nfe
+    assert error < 1e-3  # rtol 1e-4: the global error stays within a modest multiple
+
+
+def test_predictive_option_must_be_a_bool():
+    with pytest.raises(neurode.errors.InvalidOptionError, match="predictive"):
+        neurode.solve(
+            lambda t, y: -y,
+            torch.ones(1, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            method="kvaerno5",
+            options={"predictive": "yes"},
+        )
+
+
 def test_a_rejected_step_shrinks_and_leaves_the_history_alone():
     controller = _controller(pcoeff=0.2, icoeff=0.4)
     accept, proposed, _ = controller.decide(0.0, 0.1, _Attempt(4.0))

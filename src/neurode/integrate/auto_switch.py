@@ -113,6 +113,7 @@ class _RowAttempt:
         if not isinstance(finite, torch.Tensor):
             finite = torch.full_like(implicit_rows, bool(finite))
         self.finite = torch.where(implicit_rows, finite, True)
+        self.predictive = implicit_rows & bool(getattr(implicit, "predictive", False))
 
     def dense_states(self, field: VectorField, thetas, out=None):
         # Per row θ is a (B,) tensor and the result one state.

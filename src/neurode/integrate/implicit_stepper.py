@@ -79,6 +79,8 @@ class StageSolverSettings:
     jacobian_method: str = "reverse"
     krylov: KrylovSettings | None = None
     reversed_time: bool = False
+    predictive: bool = True
+    """Gustafsson's predictive step-size rule after accepted steps (option ``predictive``)."""
     max_iterations: int = DEFAULT_MAX_ITERATIONS
 
     def solver_jacobian(self) -> Callable | None:
@@ -219,6 +221,8 @@ class ImplicitAttempt:
         self.end_on_jump = end_on_jump
         self.f0 = f0
         self._f1 = None
+        self.predictive = method.settings.predictive
+        """Bound the next step size by the predictive rule (the controller's notes)."""
         error = step.error_estimate
         self.error_terms = () if error is None else ((error, y0, step.y1),)
 

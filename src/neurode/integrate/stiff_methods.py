@@ -24,7 +24,10 @@ Options besides the common adaptive or fixed-grid ones:
   Rosenbrock methods need the exact Jacobian and take ``"lu"`` only;
 - ``autonomous`` (Rosenbrock methods and ``auto``): ``True`` declares that
   ``func`` does not depend on ``t``, which saves the evaluation for ``∂f/∂t``
-  in every step.
+  in every step;
+- ``predictive`` (adaptive methods, default ``True``): bound each proposed step
+  size by Gustafsson's predictive rule as well
+  (:mod:`neurode.integrate.controller`); ``False`` leaves the PID rule alone.
 
 ``auto`` (:mod:`neurode.integrate.auto_switch`) starts with ``tsit5`` and
 switches to ``stiff_method`` (``"rodas5p"``, default, or ``"kvaerno5"``) where
@@ -46,6 +49,7 @@ from .problem import MethodSpec
 from .rosenbrock_stepper import RosenbrockMethod
 
 STAGE_OPTIONS = frozenset({"jacobian", "linear_solver"})
+ADAPTIVE_STAGE_OPTIONS = STAGE_OPTIONS | {"predictive"}
 IMPLICIT_ADAPTIVE_NAMES = ("kvaerno3", "kvaerno4", "kvaerno5")
 ROSENBROCK_NAMES = ("rodas5", "rodas5p")
 IMPLICIT_FIXED_NAMES = (
@@ -99,6 +103,9 @@ def stage_settings(
             "a jacobian callable and linear_solver='krylov' exclude each other (Krylov "
             "solves use Jacobian-vector products)"
         )
+    predictive = options.get("predictive", True)
+    if not isinstance(predictive, bool):
+        raise InvalidOptionError(f"predictive must be True or False, got {predictive!r}")
     return StageSolverSettings(
         rtol=context.rtol if rtol is None else rtol,
         atol=context.atol if atol is None else atol,
@@ -107,6 +114,7 @@ def stage_settings(
         krylov=krylov,
         reversed_time=context.reversed_time,
         max_iterations=max_iterations,
+        predictive=predictive,
     )
 
 
@@ -218,13 +226,15 @@ def build_auto(name: str, options: dict[str, Any], context: BuildContext):
 
 
 for _name in IMPLICIT_ADAPTIVE_NAMES:
-    register_method(_name, ADAPTIVE_OPTIONS | STAGE_OPTIONS, build_implicit_adaptive)
+    register_method(_name, ADAPTIVE_OPTIONS | ADAPTIVE_STAGE_OPTIONS, build_implicit_adaptive)
 for _name in ROSENBROCK_NAMES:
-    register_method(_name, ADAPTIVE_OPTIONS | STAGE_OPTIONS | {"autonomous"}, build_rosenbrock)
+    register_method(
+        _name, ADAPTIVE_OPTIONS | ADAPTIVE_STAGE_OPTIONS | {"autonomous"}, build_rosenbrock
+    )
 for _name in IMPLICIT_FIXED_NAMES:
     register_method(_name, FIXED_OPTIONS | _FIXED_EXTRA, build_implicit_fixed)
 register_method(
-    "auto", ADAPTIVE_OPTIONS | STAGE_OPTIONS | {"autonomous", "stiff_method"}, build_auto
+    "auto", ADAPTIVE_OPTIONS | ADAPTIVE_STAGE_OPTIONS | {"autonomous", "stiff_method"}, build_auto
 )
 
 __all__ = [

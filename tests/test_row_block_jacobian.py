@@ -13,7 +13,7 @@ import torch
 import neurode
 from neurode.data.stiff_problems import robertson
 from neurode.errors import ShapeMismatchError
-from neurode.solvers.jacobian import user_jacobian
+from neurode.solvers.jacobian import row_block_jacobian, user_jacobian
 
 F64 = torch.float64
 
@@ -106,3 +106,77 @@ def test_row_blocks_are_accepted_only_for_a_state_with_rows():
     flat = y.reshape(-1)
     with pytest.raises(ShapeMismatchError, match=r"\(6, 6\)"):
         user_jacobian(lambda t, z: problem.jacobian(t, z.reshape(2, 3)), 0.0, flat, per_row=False)
+
+
+# --- automatic differentiation: row blocks when the rows are independent ------------------
+def _coupled(problem, strength=1e-3):
+    """Robertson rows pulled towards their mean: every row depends on every other."""
+    return lambda t, y: problem.func(t, y) + strength * (y.mean(0, keepdim=True) - y)
+
+
+def test_row_block_jacobian_finds_independent_rows_and_refuses_coupled_ones():
+    problem = _sweep(5)
+    y = problem.y0 + 0.01 * torch.rand(problem.y0.shape, dtype=F64)
+    blocks = row_block_jacobian(problem.func, 0.0, y)
+    torch.testing.assert_close(blocks, problem.jacobian(0.0, y), rtol=1e-12, atol=1e-12)
+    assert row_block_jacobian(_coupled(problem), 0.0, y) is None
+    assert row_block_jacobian(problem.func, 0.0, y[:1]) is None  # one row: nothing to gain
+    assert row_block_jacobian(lambda t, z: -z, 0.0, torch.ones(6, dtype=F64)) is None
+
+
+@pytest.mark.parametrize("method", ["rodas5p", "kvaerno5", "auto"])
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+def test_automatic_joint_jacobian_uses_row_blocks_with_the_same_result(method, mode):
+    problem = _sweep()
+    with torch.no_grad():
+        automatic = _solve(problem, mode, method)
+        dense = _solve(problem, _dense(problem), method)
+    assert automatic.stats["steps"] == dense.stats["steps"]
+    torch.testing.assert_close(automatic.ys, dense.ys, rtol=1e-10, atol=1e-16)
+
+
+def test_coupled_rows_keep_the_dense_jacobian():
+    # Row blocks would drop the coupling from J: rodas5p (which needs the exact J) would
+    # take other steps. The automatic Jacobian must give the steps of the dense one.
+    from scipy.integrate import solve_ivp
+
+    problem = _sweep(4)
+    func = _coupled(problem)
+
+    def dense(t, y):
+        flat = lambda z: func(t, z.reshape(y.shape)).reshape(-1)
+        return torch.autograd.functional.jacobian(flat, y.reshape(-1))
+
+    t = torch.tensor([0.0, 10.0], dtype=F64)
+    solutions = [
+        neurode.solve(
+            func, problem.y0, t, method="rodas5p", rtol=1e-8, atol=1e-12, options={"jacobian": j}
+        )
+        for j in ("reverse", dense)
+    ]
+    assert solutions[0].stats["steps"] == solutions[1].stats["steps"]
+    torch.testing.assert_close(solutions[0].ys, solutions[1].ys, rtol=1e-10, atol=1e-16)
+    flat = lambda s, y: func(s, torch.from_numpy(y).reshape(4, 3)).reshape(-1).numpy()
+    reference = solve_ivp(
+        flat, (0.0, 10.0), problem.y0.reshape(-1).numpy(), method="Radau", rtol=1e-11, atol=1e-14
+    ).y[:, -1]
+    error = (solutions[0].ys[-1].reshape(-1) - torch.from_numpy(reference)).abs().max()
+    assert float(error) < 1e-8
+
+
+@pytest.mark.parametrize("method", ["rodas5p", "kvaerno5"])
+def test_automatic_row_block_gradients_equal_the_dense_ones(method):
+    # Gradients with respect to the rate constants, which the Jacobian depends on.
+    rates = torch.tensor(
+        [[0.04, 3e7, 1e4], [0.05, 2e7, 2e4], [0.03, 4e7, 8e3], [0.06, 1e7, 1.5e4]], dtype=F64
+    )
+    grads = []
+    for jacobian in ("reverse", "dense"):
+        leaf = rates.clone().requires_grad_(True)
+        system = robertson(leaf, t_end=10.0)
+        dense = lambda t, y, system=system: torch.block_diag(*system.jacobian(t, y).unbind(0))
+        option = dense if jacobian == "dense" else jacobian
+        solution = _solve(system, option, method, t_end=10.0)
+        (grad,) = torch.autograd.grad(solution.ys[-1][:, 0].sum(), leaf)
+        grads.append(grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=0.0)

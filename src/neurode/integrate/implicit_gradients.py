@@ -32,7 +32,13 @@ from collections.abc import Callable
 
 import torch
 
-from ..solvers.jacobian import dense_from_blocks, dense_jacobian, is_row_blocks, user_jacobian
+from ..solvers.jacobian import (
+    dense_from_blocks,
+    dense_jacobian,
+    is_row_blocks,
+    row_block_jacobian,
+    user_jacobian,
+)
 from ..solvers.linear_solve import KrylovSettings, gmres
 
 
@@ -84,13 +90,24 @@ class StageJacobian:
         self.method = method
         self.krylov = krylov
         self.evaluations = 0
+        self._row_blocks: bool | None = None
 
     def dense(self, t, y: torch.Tensor) -> torch.Tensor:
         self.evaluations += 1
         with torch.no_grad():
             if self.user_jacobian is not None:
                 return user_jacobian(self.user_jacobian, t, y.detach(), per_row=self.per_row)
-        return dense_jacobian(self.func, t, y.detach(), per_row=self.per_row, method=self.method)
+        y = y.detach()
+        if self.per_row or self._row_blocks is False:
+            return dense_jacobian(self.func, t, y, per_row=self.per_row, method=self.method)
+        if self._row_blocks:
+            return dense_jacobian(self.func, t, y, per_row=True, method=self.method)
+        # Joint mode, first Jacobian: row blocks if the rows are independent.
+        blocks = row_block_jacobian(self.func, t, y, method=self.method)
+        self._row_blocks = blocks is not None
+        if blocks is None:
+            return dense_jacobian(self.func, t, y, per_row=False, method=self.method)
+        return blocks
 
     def vjp(self, t, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """``v ↦ Jᵀ v`` at ``(t, y)`` (per row: each row's own)."""

@@ -34,7 +34,7 @@ from collections.abc import Callable
 import torch
 
 from ..solvers._stage_rows import differentiable_step_in_state_dtype, is_per_row
-from ..solvers.jacobian import differentiable_jacobian, is_row_blocks
+from ..solvers.jacobian import differentiable_jacobian, is_row_blocks, row_block_jacobian
 from ..solvers.jacobian_cache import JacobianCache
 from ..solvers.rosenbrock import rosenbrock_step, time_derivative
 from ..solvers.rosenbrock_tableau import RosenbrockTableau
@@ -73,7 +73,9 @@ class _FactoredMatrix:
 def jacobian_with_graph(
     func: Callable, t, y: torch.Tensor, *, per_row: bool, user: Callable | None
 ) -> torch.Tensor:
-    """``∂f/∂y`` at ``(t, y)`` as a differentiable function of ``y`` and of what ``func`` holds."""
+    """``∂f/∂y`` at ``(t, y)`` as a differentiable function of ``y`` and of what ``func`` holds.
+
+    ``per_row`` also asks for joint-mode row blocks (rows found independent)."""
     if user is not None:
         matrix = user(t, y)
         return matrix if matrix.dtype == y.dtype else matrix.to(y.dtype)
@@ -105,6 +107,7 @@ class RosenbrockMethod:
         self.cache = None
         self._delegate = None
         self._point: tuple | None = None  # (t, y, J with graph, f_t) at the last step start
+        self._row_blocks: bool | None = None
 
     def stats(self) -> dict[str, int]:
         if self._delegate is not None:
@@ -169,12 +172,17 @@ class RosenbrockMethod:
         if point is not None and point[0] is t and point[1] is y and point[2] is not None:
             jacobian, f_t = point[2], point[3]
         else:
+            user = self.settings.solver_jacobian()
+            at_start = lambda s, z: field(s, z, 0)
+            if self._row_blocks is None:
+                # Joint mode with autodiff: decide once per solve whether J is row blocks.
+                independent = not per_row and user is None
+                independent = (
+                    independent and row_block_jacobian(at_start, t, y.detach()) is not None
+                )
+                self._row_blocks = independent
             jacobian = jacobian_with_graph(
-                lambda s, z: field(s, z, 0),
-                t,
-                y,
-                per_row=per_row,
-                user=self.settings.solver_jacobian(),
+                at_start, t, y, per_row=per_row or self._row_blocks, user=user
             )
             self.counters.jacobian_evaluations += 1
             f_t = None

@@ -15,7 +15,10 @@ In joint mode a user-supplied Jacobian may also come as ``(B, d, d)`` blocks for
 a state of shape ``(B, ...)``: it declares that the rows do not interact, so the
 joint ``J`` is block diagonal (:func:`is_row_blocks`). The iteration matrices
 then factor ``B`` blocks of size ``d`` instead of one ``(Bd, Bd)`` matrix;
-consumers without a block path expand it (:func:`dense_from_blocks`).
+consumers without a block path expand it (:func:`dense_from_blocks`). An
+automatically differentiated joint Jacobian takes the same layout when
+:func:`row_block_jacobian` finds the rows independent: ``d`` products instead
+of ``Bd``, and ``B`` small factorisations instead of one large one.
 
 Derivatives come from ``torch.func``: ``"reverse"`` (vector–Jacobian products,
 works with every op that has a backward formula) or ``"forward"``
@@ -170,3 +173,32 @@ def jacobian_vector_product(
     """
     field = lambda state: _as_state(func(t, state), y)
     return torch.func.jvp(field, (y.detach(),), (v.to(y.dtype),))[1].detach()
+
+
+def row_block_jacobian(
+    func: VectorField, t: float | torch.Tensor, y: torch.Tensor, *, method: str = "reverse"
+) -> torch.Tensor | None:
+    """The joint Jacobian as ``(B, d, d)`` row blocks, or None if the rows interact.
+
+    The blocks are computed as per row (``d`` products against basis vectors set
+    in every row), which is right only if row ``b`` of ``func`` depends on row
+    ``b`` of ``y`` alone. That is checked once, against an exact Jacobian–vector
+    product with a random vector: where rows interact (a batch norm, attention
+    across the batch), ``J v`` differs from the block product and the answer is
+    None, so the caller keeps the dense ``(Bd, Bd)`` matrix.
+    """
+    if y.ndim < 2 or y.shape[0] < 2:
+        return None
+    blocks = dense_jacobian(func, t, y, per_row=True, method=method)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    probe = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
+    try:
+        exact = jacobian_vector_product(func, t, y, probe).reshape(y.shape[0], -1)
+    except (RuntimeError, NotImplementedError):
+        return None  # no forward-mode derivative to check with: keep the dense matrix
+    blocked = torch.einsum("bij,bj->bi", blocks, probe.reshape(y.shape[0], -1))
+    scale = float((blocks.abs() @ probe.reshape(y.shape[0], -1, 1).abs()).amax()) + 1e-300
+    rounding = 64 * y[0].numel() * torch.finfo(y.dtype).eps
+    if float((exact - blocked).abs().amax()) > rounding * scale:
+        return None
+    return blocks

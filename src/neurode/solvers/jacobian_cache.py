@@ -36,7 +36,13 @@ from collections.abc import Callable
 
 import torch
 
-from .jacobian import JACOBIAN_METHODS, VectorField, dense_jacobian, user_jacobian
+from .jacobian import (
+    JACOBIAN_METHODS,
+    VectorField,
+    dense_jacobian,
+    row_block_jacobian,
+    user_jacobian,
+)
 from .linear_solve import (
     BlockIterationMatrix,
     DenseIterationMatrix,
@@ -99,7 +105,10 @@ class JacobianCache:
         self.recompute_rate = recompute_rate
         self.structure = structure
         self.jacobian: torch.Tensor | None = None
-        """The held Jacobian, ``(N, N)`` or ``(B, d, d)``; None before the first or for Krylov."""
+        """The held Jacobian, ``(N, N)`` or ``(B, d, d)`` (per row, or joint row blocks);
+        None before the first or for Krylov."""
+        self._row_blocks: bool | None = None
+        """Joint mode, autodiff: whether the rows were found independent (None: not yet asked)."""
         self.computed_at: float | torch.Tensor | None = None
         """The time(s) ``t`` at which the held Jacobian (or linearisation point) was taken."""
         self._point: tuple[float | torch.Tensor, torch.Tensor] | None = None
@@ -136,9 +145,7 @@ class JacobianCache:
             if self.user_jacobian is not None:
                 self.jacobian = user_jacobian(self.user_jacobian, t, y, per_row=self.per_row)
             else:
-                self.jacobian = dense_jacobian(
-                    self.func, t, y, per_row=self.per_row, method=self.method
-                )
+                self.jacobian = self._automatic_jacobian(t, y)
             self.jacobian_evaluations += 1
         self._point = (t, y)
         self.computed_at = t
@@ -149,6 +156,19 @@ class JacobianCache:
         else:
             self._stale, self._current = False, True
         self._drop_matrix()
+
+    def _automatic_jacobian(self, t, y: torch.Tensor) -> torch.Tensor:
+        """``J`` by autodiff; in joint mode as row blocks when the rows are independent
+        (decided at the first Jacobian of the solve, :func:`row_block_jacobian`)."""
+        if self.per_row or self.structure is not None or self._row_blocks is False:
+            return dense_jacobian(self.func, t, y, per_row=self.per_row, method=self.method)
+        if self._row_blocks:
+            return dense_jacobian(self.func, t, y, per_row=True, method=self.method)
+        blocks = row_block_jacobian(self.func, t, y, method=self.method)
+        self._row_blocks = blocks is not None
+        if blocks is None:
+            return dense_jacobian(self.func, t, y, per_row=False, method=self.method)
+        return blocks
 
     def jacobian_at(self, t: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """Take ``J`` at ``(t, y)`` now and return it (None for matrix-free solves)."""

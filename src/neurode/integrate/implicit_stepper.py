@@ -69,7 +69,7 @@ class StageSolverSettings:
 
     ``jacobian`` is the user's ``jacobian(t, y)`` in the user's time and
     orientation (``∂func/∂y``; ``(N, N)`` for the flattened state, ``(B, d, d)``
-    per sample), or None for ``torch.func`` with ``jacobian_method``
+    per sample or as joint-mode row blocks), or None for ``torch.func`` with ``jacobian_method``
     (``"reverse"``, the default, or ``"forward"``). ``krylov`` selects matrix-free GMRES.
     """
 

@@ -14,9 +14,11 @@ Options besides the common adaptive or fixed-grid ones:
 
 - ``jacobian``: ``jacobian(t, y) -> ∂func/∂y`` called like ``func`` (``(N, N)``
   for the flattened state; ``(B, d, d)``, one block per row, with
-  ``batch="per_sample"``); or ``"reverse"`` (default: one evaluation and a
-  batched backward pass) / ``"forward"`` (``torch.func.jacfwd``) to pick the
-  mode of automatic differentiation;
+  ``batch="per_sample"``, or in the joint mode for rows that do not interact);
+  or ``"reverse"`` (default: one evaluation and a batched backward pass) /
+  ``"forward"`` (``torch.func.jacfwd``) to pick the mode of automatic
+  differentiation (joint mode: row blocks when the rows are found independent,
+  :func:`~neurode.solvers.jacobian.row_block_jacobian`);
 - ``linear_solver``: ``"lu"`` (default: dense LU, batched per row) or
   ``"krylov"`` (matrix-free GMRES on Jacobian–vector products, for states
   whose dense Jacobian does not fit), or a dict of GMRES settings

@@ -8,7 +8,8 @@ method, ``solve(rhs)``, so a step does not care how it is done:
 
 - :class:`DenseIterationMatrix` and :class:`BlockIterationMatrix` factor the
   matrix once by LU (``torch.linalg.lu_factor_ex``) and then solve by
-  ``lu_solve``, batched over rows in per-row mode;
+  ``lu_solve``, batched over rows in per-row mode (a small double-precision
+  ``I − hγJ`` is inverted once instead, and solved by matrix–vector products);
 - :class:`KrylovIterationMatrix` never forms ``J``: it runs restarted
   :func:`gmres` on products ``J v`` from forward-mode differentiation, for
   states too large for a dense Jacobian.
@@ -43,11 +44,13 @@ def _row_factors(values: float | torch.Tensor, like: torch.Tensor, trailing: int
 
 
 _INVERSE_MAX_SIZE = 16
-"""Up to this size (and without autograd) the iteration matrix is inverted once and
-every solve is a matrix–vector product: for small systems the per-call cost of
-``lu_solve`` (about 10 µs on a CPU) dominates the arithmetic. On Robertson, HIRES and
-van der Pol the solutions, step counts and errors equal those with LU solves
-(rodas5p and kvaerno5, rtol 1e-4 to 1e-10); wall time drops 15–40 %."""
+"""Up to this size (in double precision, without autograd) the iteration matrix is
+inverted once and every solve is a matrix–vector product: for small systems the
+per-call cost of ``lu_solve`` (about 10 µs on a CPU) dominates the arithmetic. On
+Robertson, HIRES and van der Pol the solutions, step counts and errors equal those
+with LU solves (rodas5p and kvaerno5, rtol 1e-4 to 1e-10); wall time drops 15–40 %.
+In float32 the inverse's larger rounding showed (errors up to 10 times those of LU
+solves at rtol 1e-5), so single precision keeps the LU solves."""
 
 
 def _lu_solve(lu: torch.Tensor, pivots: torch.Tensor, rhs: torch.Tensor, per_row: bool):
@@ -82,7 +85,8 @@ class DenseIterationMatrix:
         else:
             matrix = torch.add(identity, jacobian, alpha=-h_gamma)
         self._inverse = None
-        if n <= _INVERSE_MAX_SIZE and not matrix.requires_grad:
+        double = matrix.dtype in (torch.float64, torch.complex128)
+        if n <= _INVERSE_MAX_SIZE and double and not matrix.requires_grad:
             self._inverse, info = torch.linalg.inv_ex(matrix)
             if bool(info.any()):
                 # Solves with a singular matrix must not look like numbers.

@@ -59,6 +59,7 @@ from ._adjoint_common import (
     trainable,
 )
 from ._step_recorder import StepRecorder, chain_callbacks
+from .stiff_guard import refuse_gradients_past_stiffness
 
 _OPTIONS = frozenset({"checkpoints"})
 
@@ -76,6 +77,8 @@ def solve_checkpoint(
     params = trainable(params)
     checkpointed = _Checkpointed(problem, t, t_solver, params, options or {}, record_segments)
     ys = apply_custom_backward(checkpointed, y0, t, params)
+    # The replays differentiate the same frozen steps as direct backpropagation.
+    ys = refuse_gradients_past_stiffness(ys, t, checkpointed.stiff_at, problem.method.name)
     return GradientResult(ys=ys, stats=checkpointed.stats, segments=checkpointed.segments)
 
 
@@ -112,6 +115,7 @@ class _Checkpointed:
         self.limit = limit
         self.record_segments = record_segments
         self.stats: dict[str, Any] = {}
+        self.stiff_at: float | None = None
         self.segments = None
 
     def forward(self, y0: torch.Tensor) -> torch.Tensor:
@@ -127,6 +131,7 @@ class _Checkpointed:
             y0, self.t_solver, record_segments=self.record_segments, callbacks=callbacks
         )
         self.recorder = recorder
+        self.stiff_at = trajectory.stiff_at
         self.stats.update(trajectory.stats)
         self.stats["nfe"] = problem.nfe
         self.stats["checkpoints"] = len(recorder.states)

@@ -17,6 +17,7 @@ from ..integrate.problem import ODEProblem
 from . import GradientResult, register
 from ._time_gradients import with_time_gradients
 from .captured import captured_tensors
+from .stiff_guard import refuse_gradients_past_stiffness
 
 
 def solve_direct(
@@ -47,6 +48,7 @@ def solve_direct(
     trajectory = trajectories[0]
     stats = dict(trajectory.stats)
     stats["nfe"] = problem.nfe
+    ys = refuse_gradients_past_stiffness(ys, t, trajectory.stiff_at, problem.method.name)
     return GradientResult(ys=ys, stats=stats, segments=trajectory.segments)
 
 

@@ -45,6 +45,8 @@ class Trajectory:
     stacked: torch.Tensor | None = None
     """``torch.stack(ys)`` when the loop wrote the states into one tensor (``ys`` are
     then its rows): use it instead of stacking again."""
+    stiff_at: float | None = None
+    """The user's time where an explicit method was found held at its stability limit."""
 
     def stack(self) -> torch.Tensor:
         """The saved states as one tensor ``(len(ys), *state_shape)``, copied only if needed."""
@@ -160,6 +162,7 @@ def integrate(
                             segments=segments,
                             event_time=event[0],
                             event_state=event[1],
+                            stiff_at=getattr(getattr(stepper, "stiffness", None), "stiff_at", None),
                         )
             # After the dense output, which may have evaluated f(t1, y1) for the next step.
             stepper.accept(field, attempt, rows)
@@ -171,7 +174,13 @@ def integrate(
     finally:
         stepper.finish()
     ys, stacked = saver.result()
-    return Trajectory(ys=ys, stats=_stats(controller, stepper), segments=segments, stacked=stacked)
+    return Trajectory(
+        ys=ys,
+        stats=_stats(controller, stepper),
+        segments=segments,
+        stacked=stacked,
+        stiff_at=getattr(getattr(stepper, "stiffness", None), "stiff_at", None),
+    )
 
 
 def _stats(controller, stepper: Stepper) -> dict:

@@ -123,7 +123,10 @@ class RungeKuttaMethod:
         self._f0 = f0
         self._start_perturb = perturb
         if self.stiffness is not None:
-            self.stiffness.start()
+            # While a graph is recorded every step is tested: a gradient through steps
+            # at the stability limit is refused in backward() (StiffGradientError).
+            recording = torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad)
+            self.stiffness.start(every=1 if recording else None)
 
     def step(
         self,

@@ -159,8 +159,11 @@ class StiffnessMonitor:
         self.threshold = STABILITY_MARGIN * self.boundary
         self.start()
 
-    def start(self) -> None:
-        """A solve begins."""
+    def start(self, every: int | None = None) -> None:
+        """A solve begins; ``every`` overrides the testing period for this solve."""
+        self._every = self.every if every is None else every
+        self.stiff_at: float | None = None
+        """The user's time where a warning monitor declared stiffness (None: it did not)."""
         self._accepted = 0
         self._previous = None
         self.positives: int | torch.Tensor = 0
@@ -215,13 +218,19 @@ class StiffnessMonitor:
     def observe(self, attempt, rows: torch.Tensor | None = None) -> None:
         """An accepted step (``rows``: the rows that accepted it)."""
         self._accepted += 1
-        phase = self._accepted % self.every
-        if self.kind != "stages" and phase == self.every - 1:
-            self._previous = attempt  # the test needs this step and the next one
-        if phase:
-            return
-        estimate = self.estimate(attempt)
-        self._previous = None
+        every = self._every
+        if self.kind != "stages" and every == 1:
+            # Every step: each test pairs this step with the one accepted before it.
+            estimate = self.estimate(attempt)
+            self._previous = attempt
+        else:
+            phase = self._accepted % every
+            if self.kind != "stages" and phase == every - 1:
+                self._previous = attempt  # the test needs this step and the next one
+            if phase:
+                return
+            estimate = self.estimate(attempt)
+            self._previous = None
         if estimate is None:
             return
         self.last_estimate = estimate
@@ -265,13 +274,15 @@ class StiffnessMonitor:
 
     def _warn(self, t: float, h: float, estimate: float, row: int | None) -> None:
         self.warned = True
+        self.stiff_at = self.user_time(t)
         where = "" if row is None else f" (row {row})"
         warnings.warn(
             f"{self.method} is held at its stability limit at t={self.user_time(t):.6g}{where}: "
             f"the problem is stiff there (step size {abs(h):.3g}, h·|λ| ≈ {estimate:.2g}), so "
-            "steps are set by stability, not accuracy, and the solve will be slow (and its "
-            "gradients may be meaningless). Use method='auto' (switches to an implicit method "
-            "where needed) or an implicit method such as 'kvaerno5' or 'rodas5p'.",
+            "steps are set by stability, not accuracy, and the solve will be slow; gradients "
+            "through it from here on are refused (StiffGradientError in backward()). Use "
+            "method='auto' (switches to an implicit method where needed) or an implicit "
+            "method such as 'kvaerno5' or 'rodas5p'.",
             StiffnessWarning,
             stacklevel=2,
         )

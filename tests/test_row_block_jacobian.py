@@ -114,6 +114,16 @@ def _coupled(problem, strength=1e-3):
     return lambda t, y: problem.func(t, y) + strength * (y.mean(0, keepdim=True) - y)
 
 
+def test_an_expanded_state_is_checked_like_any_other():
+    # y0.expand(B, d) (stride 0) once made the check's forward-mode product fail, and
+    # the solve fell back to the dense (Bd)² matrix without a word.
+    problem = _sweep(4)
+    y = torch.tensor([1.0, 2e-5, 1e-3], dtype=F64).expand(4, 3)
+    blocks = row_block_jacobian(problem.func, 0.0, y)
+    assert blocks is not None
+    torch.testing.assert_close(blocks, problem.jacobian(0.0, y), rtol=1e-12, atol=1e-12)
+
+
 def test_row_block_jacobian_finds_independent_rows_and_refuses_coupled_ones():
     problem = _sweep(5)
     y = problem.y0 + 0.01 * torch.rand(problem.y0.shape, dtype=F64)

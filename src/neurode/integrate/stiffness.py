@@ -282,7 +282,7 @@ class StiffnessMonitor:
             "steps are set by stability, not accuracy, and the solve will be slow; gradients "
             "through it from here on are refused (StiffGradientError in backward()). Use "
             "method='auto' (switches to an implicit method where needed) or an implicit "
-            "method such as 'kvaerno5' or 'rodas5p'.",
+            "method such as 'rodas5p' or 'kvaerno5'.",
             StiffnessWarning,
             stacklevel=2,
         )

@@ -56,7 +56,7 @@ def dense_jacobian(
     """``∂f/∂y`` at ``(t, y)``: ``(N, N)`` joint, ``(B, d, d)`` per row (see the module notes)."""
     if method not in JACOBIAN_METHODS:
         raise ValueError(f"unknown Jacobian method {method!r}; expected one of {JACOBIAN_METHODS}")
-    y = y.detach()
+    y = y.detach().contiguous()  # forward mode cannot write tangents into an expanded state
     if method == "reverse":
         return _reverse_jacobian(func, t, y, per_row)
     if not per_row:
@@ -172,7 +172,10 @@ def jacobian_vector_product(
     Per row this is ``J_b v_b`` for every row at once, since rows do not interact.
     """
     field = lambda state: _as_state(func(t, state), y)
-    return torch.func.jvp(field, (y.detach(),), (v.to(y.dtype),))[1].detach()
+    # Forward mode writes tangents into the primal's layout: an expanded (stride-0)
+    # state, as `y0.expand(B, d)` makes, needs its own memory first.
+    primal = y.detach().contiguous()
+    return torch.func.jvp(field, (primal,), (v.to(y.dtype).contiguous(),))[1].detach()
 
 
 def row_block_jacobian(
@@ -189,6 +192,7 @@ def row_block_jacobian(
     """
     if y.ndim < 2 or y.shape[0] < 2:
         return None
+    y = y.contiguous()
     blocks = dense_jacobian(func, t, y, per_row=True, method=method)
     generator = torch.Generator(device="cpu").manual_seed(0)
     probe = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)

@@ -36,7 +36,7 @@ from ..solvers.jacobian import (
     dense_from_blocks,
     dense_jacobian,
     is_row_blocks,
-    row_block_jacobian,
+    joint_jacobian,
     user_jacobian,
 )
 from ..solvers.linear_solve import KrylovSettings, gmres
@@ -98,16 +98,13 @@ class StageJacobian:
             if self.user_jacobian is not None:
                 return user_jacobian(self.user_jacobian, t, y.detach(), per_row=self.per_row)
         y = y.detach()
-        if self.per_row or self._row_blocks is False:
-            return dense_jacobian(self.func, t, y, per_row=self.per_row, method=self.method)
-        if self._row_blocks:
+        if self.per_row:
             return dense_jacobian(self.func, t, y, per_row=True, method=self.method)
-        # Joint mode, first Jacobian: row blocks if the rows are independent.
-        blocks = row_block_jacobian(self.func, t, y, method=self.method)
-        self._row_blocks = blocks is not None
-        if blocks is None:
-            return dense_jacobian(self.func, t, y, per_row=False, method=self.method)
-        return blocks
+        # Joint mode: row blocks if the rows are independent (decided at the first one).
+        jacobian, self._row_blocks = joint_jacobian(
+            self.func, t, y, method=self.method, row_blocks=self._row_blocks
+        )
+        return jacobian
 
     def vjp(self, t, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """``v ↦ Jᵀ v`` at ``(t, y)`` (per row: each row's own)."""

@@ -206,3 +206,24 @@ def row_block_jacobian(
     if float((exact - blocked).abs().amax()) > rounding * scale:
         return None
     return blocks
+
+
+def joint_jacobian(
+    func: VectorField,
+    t: float | torch.Tensor,
+    y: torch.Tensor,
+    *,
+    method: str,
+    row_blocks: bool | None,
+) -> tuple[torch.Tensor, bool]:
+    """The joint Jacobian by autodiff and whether it came as row blocks.
+
+    ``row_blocks``: the decision taken at an earlier Jacobian of the solve (True:
+    blocks, False: dense), or None to decide now by :func:`row_block_jacobian`.
+    """
+    if row_blocks is None:
+        blocks = row_block_jacobian(func, t, y, method=method)
+        if blocks is not None:
+            return blocks, True
+        row_blocks = False
+    return dense_jacobian(func, t, y, per_row=row_blocks, method=method), row_blocks

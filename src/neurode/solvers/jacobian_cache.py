@@ -40,7 +40,7 @@ from .jacobian import (
     JACOBIAN_METHODS,
     VectorField,
     dense_jacobian,
-    row_block_jacobian,
+    joint_jacobian,
     user_jacobian,
 )
 from .linear_solve import (
@@ -160,15 +160,12 @@ class JacobianCache:
     def _automatic_jacobian(self, t, y: torch.Tensor) -> torch.Tensor:
         """``J`` by autodiff; in joint mode as row blocks when the rows are independent
         (decided at the first Jacobian of the solve, :func:`row_block_jacobian`)."""
-        if self.per_row or self.structure is not None or self._row_blocks is False:
+        if self.per_row or self.structure is not None:
             return dense_jacobian(self.func, t, y, per_row=self.per_row, method=self.method)
-        if self._row_blocks:
-            return dense_jacobian(self.func, t, y, per_row=True, method=self.method)
-        blocks = row_block_jacobian(self.func, t, y, method=self.method)
-        self._row_blocks = blocks is not None
-        if blocks is None:
-            return dense_jacobian(self.func, t, y, per_row=False, method=self.method)
-        return blocks
+        jacobian, self._row_blocks = joint_jacobian(
+            self.func, t, y, method=self.method, row_blocks=self._row_blocks
+        )
+        return jacobian
 
     def jacobian_at(self, t: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """Take ``J`` at ``(t, y)`` now and return it (None for matrix-free solves)."""

@@ -50,11 +50,28 @@ def test_backward_through_a_stiff_explicit_solve_raises(method, rtol):
     assert rates.grad is None
 
 
-def test_checkpointed_gradients_are_refused_the_same_way():
-    # Checkpoint replays differentiate the same frozen steps.
-    rates, solution = _solve("tsit5", [0.0, 0.4], gradient="checkpoint")
+@pytest.mark.parametrize("gradient", ["checkpoint", "forward"])
+def test_checkpointed_and_forward_gradients_are_refused_the_same_way(gradient):
+    # Checkpoint replays differentiate the same frozen steps; forward sensitivities
+    # are integrated in them and equal direct backpropagation's.
+    rates, solution = _solve("tsit5", [0.0, 0.4], gradient=gradient)
     with pytest.raises(StiffGradientError):
         solution.ys[-1, 1].backward()
+
+
+def test_sensitivities_refuse_a_stiff_explicit_solve():
+    problem = robertson(torch.tensor([0.04, 3e7, 1e4], dtype=F64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StiffnessWarning)
+        with pytest.raises(StiffGradientError):
+            neurode.sensitivities(
+                problem.func,
+                problem.y0,
+                torch.tensor([0.0, 0.4], dtype=F64),
+                method="tsit5",
+                rtol=1e-4,
+                atol=1e-8,
+            )
 
 
 def test_outputs_before_the_stiff_stretch_keep_their_gradients():

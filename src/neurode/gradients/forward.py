@@ -54,7 +54,7 @@ from typing import Any
 
 import torch
 
-from ..errors import NeurodeInputError
+from ..errors import NeurodeInputError, StiffGradientError
 from ..integrate.augmented_jacobian import AugmentedJacobian, BlockStructure
 from ..integrate.dense_output import Segment
 from ..integrate.error_norm import rms_norm
@@ -63,6 +63,7 @@ from ..integrate.problem import ODEProblem
 from . import GradientResult, check_options, register
 from ._time_gradients import with_time_gradients
 from .captured import guard_first_evaluation
+from .stiff_guard import refuse_gradients_past_stiffness
 
 _OPTIONS = frozenset({"jacobian", "vectorize", "jacobians"})
 _STRATEGIES = ("auto", "forward", "reverse")
@@ -318,12 +319,13 @@ def integrate_sensitivities(
     jacobian: str = "auto",
     vectorize: bool = True,
     record_segments: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, list[Segment] | None, dict[str, int]]:
+) -> tuple[torch.Tensor, torch.Tensor, list[Segment] | None, dict[str, int], float | None]:
     """Solve for ``y`` and ``S = ∂y/∂(y0, θ)`` at the save times.
 
     Returns ``ys`` of shape ``(T, *state_shape)``, ``S`` of shape ``(T, n, m)`` (columns:
     the ``n`` state entries if ``with_y0``, then each parameter's entries, flattened),
-    the dense output of ``y`` and the loop's statistics.
+    the dense output of ``y``, the loop's statistics, and the time where an explicit
+    method was found held at its stability limit (None if it was not).
     """
     n = int(torch.Size(problem.state_shape).numel())
     m = (n if with_y0 else 0) + sum(p.numel() for p in params)
@@ -353,6 +355,7 @@ def integrate_sensitivities(
         torch.stack(sens),
         _project_segments(trajectory.segments, field),
         dict(trajectory.stats),
+        trajectory.stiff_at,
     )
 
 
@@ -361,7 +364,7 @@ class _ForwardSensitivitySolve(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, runner: dict, y0: torch.Tensor, *params: torch.Tensor):
-        ys, sens, segments, stats = integrate_sensitivities(
+        ys, sens, segments, stats, stiff_at = integrate_sensitivities(
             runner["problem"],
             y0.detach(),
             runner["t_solver"],
@@ -371,7 +374,7 @@ class _ForwardSensitivitySolve(torch.autograd.Function):
             vectorize=runner["vectorize"],
             record_segments=runner["record_segments"],
         )
-        runner["segments"], runner["stats"] = segments, stats
+        runner["segments"], runner["stats"], runner["stiff_at"] = segments, stats, stiff_at
         ctx.runner = runner
         ctx.param_shapes = [p.shape for p in params]
         ctx.save_for_backward(sens)
@@ -426,6 +429,7 @@ def solve_forward(
             ys = _ForwardSensitivitySolve.apply(runner, start, *trainable)
             stats.update(runner["stats"])
             produced["segments"] = runner["segments"]
+            produced["stiff_at"] = runner["stiff_at"]
             return ys
         if torch.is_grad_enabled():
             guard_first_evaluation(problem, trainable, "forward")
@@ -438,12 +442,14 @@ def solve_forward(
     ys = with_time_gradients(problem, y0, t, run)
     segments = produced["segments"]
     stats["nfe"] = problem.nfe
+    # S is the derivative of the discrete steps, the same as direct backpropagation's.
+    ys = refuse_gradients_past_stiffness(ys, t, produced.get("stiff_at"), problem.method.name)
     return GradientResult(ys=ys, stats=stats, segments=segments)
 
 
 def _solve_into(sink, problem, y0, t_solver, params, jacobian, vectorize, record_segments):
     """Every Jacobian, for :func:`sensitivities`: ``sink["dy_dy0"]``, ``sink["dy_dparams"]``."""
-    ys, sens, segments, stats = integrate_sensitivities(
+    ys, sens, segments, stats, stiff_at = integrate_sensitivities(
         problem,
         y0.detach(),
         t_solver,
@@ -453,6 +459,13 @@ def _solve_into(sink, problem, y0, t_solver, params, jacobian, vectorize, record
         vectorize=vectorize,
         record_segments=record_segments,
     )
+    if stiff_at is not None:
+        raise StiffGradientError(
+            f"{problem.method.name} was held at its stability limit from t={stiff_at:.6g} on: "
+            "its sensitivities there are those of steps with frozen sizes, not the "
+            "solution's. Use method='auto', 'rodas5p' or 'kvaerno5'.",
+            t=stiff_at,
+        )
     n = sens.shape[1]
     sink["dy_dy0"] = sens[:, :, :n]
     blocks, offset = [], n

@@ -9,7 +9,8 @@ is (tsit5 on Robertson over [0, 0.4]: −0.71 at rtol 1e-4 and 2.2e4 at rtol 1e-
 where the true value is 3.9e-4). When the stiffness test fired during a solve
 that records a graph, the outputs from that time on refuse gradients with
 :class:`~neurode.errors.StiffGradientError` in ``backward()``; the outputs before
-it keep theirs.
+it keep theirs. ``direct``, ``checkpoint`` (whose replays differentiate the same
+steps) and ``forward`` (whose sensitivities are those of the same steps) use it.
 """
 
 from __future__ import annotations

@@ -104,24 +104,17 @@ class DenseIterationMatrix:
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
         if self.row_blocks:
             rows = self._info.shape[0]
-            return self._solve_rows(rhs.reshape(rows, -1)).view(tuple(rhs.shape))
-        return self._solve_rows(rhs) if self.per_row else self._solve_joint(rhs)
+            return self._solve(rhs.reshape(rows, -1), True).view(tuple(rhs.shape))
+        return self._solve(rhs, self.per_row)
 
-    def _solve_rows(self, rhs: torch.Tensor) -> torch.Tensor:
+    def _solve(self, rhs: torch.Tensor, rows: bool) -> torch.Tensor:
         inverse = self._inverse
         if inverse is None:
-            return _lu_solve(self._lu, self._pivots, rhs, True)
+            return _lu_solve(self._lu, self._pivots, rhs, rows)
         if rhs.dtype != inverse.dtype:
-            return self._solve_rows(rhs.to(inverse.dtype)).to(rhs.dtype)
-        columns = rhs.reshape(rhs.shape[0], -1, 1)
-        return torch.bmm(inverse, columns).view(tuple(rhs.shape))
-
-    def _solve_joint(self, rhs: torch.Tensor) -> torch.Tensor:
-        inverse = self._inverse
-        if inverse is None:
-            return _lu_solve(self._lu, self._pivots, rhs, False)
-        if rhs.dtype != inverse.dtype:
-            return self._solve_joint(rhs.to(inverse.dtype)).to(rhs.dtype)
+            return self._solve(rhs.to(inverse.dtype), rows).to(rhs.dtype)
+        if rows:
+            return torch.bmm(inverse, rhs.reshape(rhs.shape[0], -1, 1)).view(tuple(rhs.shape))
         if rhs.ndim == 1:
             return torch.mv(inverse, rhs)
         return torch.mv(inverse, rhs.reshape(-1)).view(tuple(rhs.shape))

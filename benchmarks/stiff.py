@@ -92,7 +92,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import CLOCKS, markdown_table  # noqa: E402
+from _common import CLOCKS  # noqa: E402
+from stiff_numpy import (  # noqa: E402
+    ROBERTSON_RATES,
+    hires_numpy,
+    robertson_numpy,
+    van_der_pol_numpy,
+)
+from stiff_report import (  # noqa: E402
+    SCIPY_METHODS,
+    check_targets,
+    format_single,
+    format_sweep,
+    format_targets,
+)
 
 import neurode  # noqa: E402
 from neurode.data.stiff_problems import (  # noqa: E402
@@ -105,11 +118,9 @@ from neurode.data.stiff_problems import (  # noqa: E402
 )
 
 F64 = torch.float64
-SCIPY_METHODS = ("Radau", "BDF", "LSODA")
 NEURODE_METHODS = ("kvaerno5", "rodas5p", "rodas5", "auto")
 OPTIONAL_METHODS = ("kvaerno3", "kvaerno4")
 TAKES_AUTONOMOUS = ("rodas5", "rodas5p", "auto")
-ROBERTSON_RATES = (0.04, 3e7, 1e4)
 SCIPY_FIELDS = {"numpy": ("numpy",), "torch": ("torch",), "both": ("numpy", "torch")}
 SCIPY_LABELS = {"numpy": "scipy", "torch": "scipy-torch"}
 """The ``library`` of a scipy row: its functions in NumPy, or neurode's torch functions."""
@@ -132,64 +143,6 @@ class Case:
     @property
     def t_end(self) -> float:
         return self.problem.t_span[1]
-
-
-def robertson_numpy(rates=ROBERTSON_RATES):
-    """Robertson's field and Jacobian in NumPy (one system)."""
-    k1, k2, k3 = (float(k) for k in rates)
-
-    def field(t, y):
-        y1, y2, y3 = y
-        return np.array(
-            [-k1 * y1 + k3 * y2 * y3, k1 * y1 - k2 * y2 * y2 - k3 * y2 * y3, k2 * y2 * y2]
-        )
-
-    def jacobian(t, y):
-        y1, y2, y3 = y
-        return np.array(
-            [
-                [-k1, k3 * y3, k3 * y2],
-                [k1, -2 * k2 * y2 - k3 * y3, -k3 * y2],
-                [0.0, 2 * k2 * y2, 0.0],
-            ]
-        )
-
-    return field, jacobian
-
-
-def van_der_pol_numpy(mu: float):
-    def field(t, y):
-        y1, y2 = y
-        return np.array([y2, mu * (1 - y1 * y1) * y2 - y1])
-
-    def jacobian(t, y):
-        y1, y2 = y
-        return np.array([[0.0, 1.0], [-2 * mu * y1 * y2 - 1, mu * (1 - y1 * y1)]])
-
-    return field, jacobian
-
-
-def hires_numpy(problem: StiffProblem):
-    """HIRES in NumPy: the linear part and source read off the torch problem at y = 0.
-
-    At ``y = 0`` the only nonlinear term, ``280 y6 y8`` (taken from y6 and y8,
-    given to y7), vanishes, so ``J(0)`` is the linear part and ``f(0)`` the source.
-    """
-    zero = torch.zeros(8, dtype=F64)
-    linear = problem.jacobian(0.0, zero).numpy().copy()
-    source = problem.func(0.0, zero).numpy().copy()
-    reaction = np.array([0, 0, 0, 0, 0, -1.0, 1.0, -1.0])
-
-    def field(t, y):
-        return linear @ y + source + 280.0 * y[5] * y[7] * reaction
-
-    def jacobian(t, y):
-        matrix = linear.copy()
-        matrix[:, 5] += 280.0 * y[7] * reaction
-        matrix[:, 7] += 280.0 * y[5] * reaction
-        return matrix
-
-    return field, jacobian
 
 
 def _final_reference(problem: StiffProblem) -> Callable[[], torch.Tensor]:
@@ -580,204 +533,6 @@ def run_sweep(args) -> dict:
         "spread": args.sweep_spread,
         "results": out,
     }
-
-
-# ------------------------------------------------------------------------ tables
-def _fmt_time(seconds: float) -> str:
-    return f"{1e3 * seconds:.1f}" if seconds < 10 else f"{1e3 * seconds:.0f}"
-
-
-def format_single(rows: list[dict]) -> str:
-    headers = ["problem", "rtol", "atol", "solver", "NFE", "Jac", "LU", "steps", "error", "ms"]
-    table = []
-    for r in rows:
-        steps = f"{r['accepted']}/{r['attempted'] if r['attempted'] is not None else '—'}"
-        name = r["method"]
-        if r["library"] == "scipy":
-            name = f"scipy {name}"
-        elif r["library"] == "scipy-torch":
-            name = f"scipy {name} (torch f)"
-        table.append(
-            [
-                r["problem"],
-                f"{r['rtol']:.0e}",
-                f"{r['atol']:.0e}",
-                name,
-                r["nfe"],
-                r["jac"],
-                r["lu"],
-                steps,
-                f"{r['error']:.1e}",
-                _fmt_time(r["time"]),
-            ]
-        )
-    return markdown_table(headers, table)
-
-
-def _ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
-_TIME_COLUMNS = {"scipy": "scipy", "scipy-torch": "scipy (torch f)"}
-
-
-def format_targets(entries: list[dict], methods) -> str:
-    ours = [m for m in methods if m not in SCIPY_METHODS]
-    libraries = [lib for lib in _TIME_COLUMNS if any(lib in e["time"] for e in entries)]
-    headers = ["problem", "rtol", *[f"{m} NFE ÷ Radau (equal tol / equal acc.)" for m in ours]]
-    for library in libraries:
-        name = _TIME_COLUMNS[library]
-        headers += [
-            f"fastest neurode ÷ fastest {name}, same rtol",
-            f"best neurode ÷ fastest {name}, equal acc.",
-        ]
-    table = []
-    for e in entries:
-        cells = []
-        for m in ours:
-            same, equal = e["nfe"].get(m, (None, None))
-            cells.append(f"{_ratio(same)} / {_ratio(equal)}")
-        for library in libraries:
-            times = e["time"].get(library)
-            if times is None:
-                cells += ["—", "—"]
-                continue
-            cells.append(
-                f"{times['same_tol']:.2f} ({times['ours']['method']} ÷ {times['theirs']['method']})"
-            )
-            equal = times["equal_acc"]
-            cells.append("—" if equal is None else f"{equal[0]:.2f} ({equal[1]})")
-        table.append([e["problem"], f"{e['rtol']:.0e}", *cells])
-    return markdown_table(headers, table)
-
-
-def format_sweep(sweep: dict) -> str:
-    headers = [
-        "solver",
-        "mode",
-        "NFE",
-        "Jac",
-        "LU",
-        "steps mean / max",
-        "error",
-        "time (s)",
-        "ms per row",
-        "speed-up vs fastest scipy loop",
-    ]
-    results = sweep["results"]
-    scipy_times = [r["time"] for r in results if r["library"] == "scipy"]
-    fastest_scipy = min(scipy_times) if scipy_times else None
-    table = []
-    for r in results:
-        if r["library"] == "scipy":
-            name, mode = f"scipy {r['method']}", f"loop (per row, {sweep['scipy_rows']} timed)"
-            nfe, jac, lu = f"{r['nfe']:.0f}", f"{r['jac']:.0f}", f"{r['lu']:.0f}"
-        else:
-            name, mode = r["method"], r["mode"]
-            nfe, jac, lu = str(r["nfe"]), str(r["jac"]), str(r["lu"])
-        speedup = f"{fastest_scipy / r['time']:.2g}×" if fastest_scipy else "—"
-        table.append(
-            [
-                name,
-                mode,
-                nfe,
-                jac,
-                lu,
-                f"{r['steps_mean']:.0f} / {r['steps_max']}",
-                f"{r['error']:.1e}",
-                f"{r['time']:.2f}",
-                f"{1e3 * r['time'] / sweep['rows']:.2f}",
-                speedup,
-            ]
-        )
-    return markdown_table(headers, table)
-
-
-def check_targets(entries: list[dict], sweep: dict | None) -> list[str]:
-    """One line per target: met or not, with the measured ratios."""
-    lines = []
-    if entries:
-        scipy_names = sorted({m for e in entries for m in e["scipy_methods"]})
-        of = f" (of {', '.join(scipy_names)})"
-        for method in ("rodas5p", "kvaerno5"):
-            ratios = [
-                (e["problem"], e["rtol"], e["nfe"][method][1])
-                for e in entries
-                if method in e["nfe"] and e["nfe"][method][1] is not None
-            ]
-            if not ratios:
-                continue
-            worst = max(ratios, key=lambda x: x[2])
-            met = sum(1 for _, _, v in ratios if v <= 1.5)
-            listed = ", ".join(f"{p} {t:.0e}: {v:.2f}" for p, t, v in ratios)
-            lines.append(
-                f"- NFE within 1.5× of Radau at equal accuracy, {method}: met in {met} of "
-                f"{len(ratios)} comparable cases (worst {worst[2]:.2f}, {worst[0]} "
-                f"{worst[1]:.0e}); {listed}."
-            )
-        for library in _TIME_COLUMNS:
-            timed = [e for e in entries if library in e["time"]]
-            if not timed:
-                continue
-            against = f"scipy's fastest{of}" + (
-                ", all given the torch f" if library != "scipy" else ""
-            )
-            same = [(e["problem"], e["rtol"], e["time"][library]["same_tol"]) for e in timed]
-            met = sum(1 for _, _, v in same if v <= 2)
-            listed = ", ".join(f"{p} {t:.0e}: {v:.2f}" for p, t, v in same)
-            lines.append(
-                f"- Wall time within 2× of {against}, same rtol: met in {met} of {len(same)} "
-                f"({listed})."
-            )
-            equal = [
-                (e["problem"], e["rtol"], e["time"][library]["equal_acc"][0])
-                for e in timed
-                if e["time"][library]["equal_acc"] is not None
-            ]
-            if equal:
-                met = sum(1 for _, _, v in equal if v <= 2)
-                listed = ", ".join(f"{p} {t:.0e}: {v:.2f}" for p, t, v in equal)
-                lines.append(
-                    f"- Wall time within 2× of {against}, equal accuracy: met in {met} of "
-                    f"{len(equal)} comparable cases ({listed})."
-                )
-        floors = [e for e in entries if "floor" in e]
-        if floors:
-            listed = ", ".join(
-                f"{e['problem']} {e['rtol']:.0e}: {e['floor']['nfe']} calls × f = "
-                f"{1e3 * e['floor']['f_only']:.1f} ms against 2 × {e['floor']['method']} "
-                f"{1e3 * e['floor']['scipy_time']:.1f} ms"
-                for e in floors
-            )
-            unreachable = sum(
-                1 for e in floors if e["floor"]["f_only"] > 2 * e["floor"]["scipy_time"]
-            )
-            lines.append(
-                "- Floor of the comparison with NumPy functions: a solver that only called the "
-                "torch f as often as scipy's fastest method calls its NumPy f would already "
-                f"miss 2× in {unreachable} of {len(floors)} cases ({listed})."
-            )
-    if sweep:
-        results = sweep["results"]
-        scipy_times = {r["method"]: r["time"] for r in results if r["library"] == "scipy"}
-        if scipy_times:
-            fastest_name = min(scipy_times, key=scipy_times.get)
-            for r in results:
-                if r["library"] != "neurode":
-                    continue
-                speedup = scipy_times[fastest_name] / r["time"]
-                verdict = "met" if speedup >= 20 else "not met"
-                lines.append(
-                    f"- Sweep ≥ 20× faster than scipy in a loop, {r['method']} {r['mode']}: "
-                    f"{verdict}, {speedup:.2g}× against {fastest_name} (the fastest scipy loop)"
-                    + (
-                        f", {scipy_times['Radau'] / r['time']:.3g}× against Radau"
-                        if "Radau" in scipy_times and fastest_name != "Radau"
-                        else ""
-                    )
-                    + "."
-                )
-    return lines
 
 
 def torchdiffeq_note() -> str:
